@@ -1,0 +1,120 @@
+//! The `nodegate` command line: argument parsing and dispatch to the library.
+//!
+//! Each subcommand lives in its own file; this file owns the top-level parser, the error
+//! type every subcommand returns and its mapping to exit codes.
+
+mod image_cmds;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit;
+use crate::image::create::CreateError;
+use crate::image::keys::KeyError;
+use crate::image::signature::SignError;
+use crate::image::VerifyError;
+
+/// Release gate for Kubernetes node OS images: verify, boot, join, certify.
+#[derive(Debug, Parser)]
+#[command(name = "nodegate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate an Ed25519 signing key (PREFIX.key, mode 0600) and its public key (PREFIX.pub).
+    Keygen(image_cmds::KeygenArgs),
+    /// Make image manifests.
+    #[command(subcommand)]
+    Manifest(image_cmds::ManifestCommand),
+    /// Sign a manifest (writes the raw 64-byte Ed25519 signature to MANIFEST.sig).
+    Sign(image_cmds::SignArgs),
+    /// Verify a manifest's signature, trust, expiry and version, and every artifact's digest.
+    Verify(image_cmds::VerifyArgs),
+    /// Print the SHA-256 of files, like sha256sum (streaming, SHA-NI when available).
+    Digest(image_cmds::DigestArgs),
+}
+
+/// Everything a subcommand can fail with. The message is one line that names the file,
+/// host or phase concerned; [`CliError::exit_code`] gives its class.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Image verification refused the input.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// A key could not be read, written or generated.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A manifest could not be made.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// A manifest could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    /// An input file could not be read.
+    #[error("{path}: {source}")]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// An output file could not be written.
+    #[error("{path}: {source}")]
+    Output {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Arguments that parse but make no sense together.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// The exit code of this error's class (see [`crate::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Verify(e) => e.exit_code(),
+            CliError::Key(KeyError::Random(_)) => exit::ENVIRONMENT,
+            CliError::Key(_) => exit::BAD_INPUT,
+            CliError::Create(_) | CliError::Sign(_) | CliError::Input { .. } => exit::BAD_INPUT,
+            CliError::Output { .. } => exit::ENVIRONMENT,
+            CliError::Usage(_) => exit::USAGE,
+        }
+    }
+}
+
+/// Parses the process arguments, runs the subcommand and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::PASS
+                }
+                _ => exit::USAGE,
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Keygen(args) => image_cmds::keygen(args),
+        Command::Manifest(cmd) => image_cmds::manifest(cmd),
+        Command::Sign(args) => image_cmds::sign(args),
+        Command::Verify(args) => image_cmds::verify(args),
+        Command::Digest(args) => image_cmds::digest(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nodegate: error: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Host-side image integrity: manifests, keys, digests, signing and verification.
+//!
+//! This module knows nothing of VMs or clusters, so a signing pipeline can use it alone.
+
+pub mod create;
+pub mod digest;
+pub mod keys;
+pub mod manifest;
+pub mod signature;
+pub mod verify;
+
+pub use manifest::{Artifact, ArtifactRole, GuestFile, Manifest};
+pub use verify::{verify, VerifiedImage, VerifyError, VerifyOptions};

@@ -1,0 +1,160 @@
+//! Helpers shared by nodegate's integration tests: run the real binary, make signed
+//! images in temporary folders.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The nodegate binary cargo built for these tests.
+pub fn nodegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nodegate"))
+}
+
+/// Result of one nodegate invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(args: &[&str], dir: &Path) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = nodegate()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("nodegate runs");
+    Run {
+        code: status
+            .code()
+            .expect("nodegate exited, not killed by a signal"),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs nodegate and insists it succeeds.
+pub fn ok(args: &[&str], dir: &Path) -> Run {
+    let r = run(args, dir);
+    assert_eq!(
+        r.code, 0,
+        "nodegate {args:?} failed: {}{}",
+        r.stdout, r.stderr
+    );
+    r
+}
+
+/// Writes `size` bytes of deterministic pseudo-random content.
+pub fn write_image(path: &Path, size: usize) {
+    let mut f = fs::File::create(path).unwrap();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for b in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            b.copy_from_slice(&bytes[..b.len()]);
+        }
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n]).unwrap();
+        left -= n;
+    }
+}
+
+/// A signed image in a temporary folder: `node.qcow2`, `node.manifest.json(.sig)`,
+/// signing key `keys/release.key`, trust store folder `trust/`.
+pub struct SignedImage {
+    pub dir: tempfile::TempDir,
+}
+
+impl SignedImage {
+    pub const MIB: usize = 1 << 20;
+
+    /// Makes and signs an image of `size` bytes, version 5, valid for 30 days.
+    pub fn new(size: usize) -> SignedImage {
+        Self::with_args(size, &[])
+    }
+
+    /// Like [`SignedImage::new`], with extra `manifest create` arguments.
+    pub fn with_args(size: usize, extra: &[&str]) -> SignedImage {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_image(&d.join("node.qcow2"), size);
+        ok(&["keygen", "--out", "keys/release"], d);
+        fs::create_dir(d.join("trust")).unwrap();
+        fs::copy(d.join("keys/release.pub"), d.join("trust/release.pub")).unwrap();
+        let mut args = vec![
+            "manifest",
+            "create",
+            "--image",
+            "node.qcow2",
+            "--name",
+            "test-image",
+            "--image-version",
+            "5",
+            "--key",
+            "keys/release.pub",
+            "--component",
+            "kubelet=v1.20.2",
+        ];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--valid-for") {
+            args.extend_from_slice(&["--valid-for", "30d"]);
+        }
+        ok(&args, d);
+        ok(
+            &["sign", "--key", "keys/release.key", "node.manifest.json"],
+            d,
+        );
+        SignedImage { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `nodegate verify --trust trust node.manifest.json EXTRA...`
+    pub fn verify(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["verify", "--trust", "trust", "node.manifest.json"];
+        args.extend_from_slice(extra);
+        run(&args, self.dir.path())
+    }
+
+    /// Rewrites the manifest with `edit` applied to its JSON, and re-signs it with the
+    /// release key (so only the edit's meaning is under test, not the signature).
+    pub fn edit_and_resign(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let p = self.path("node.manifest.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        edit(&mut v);
+        fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        ok(
+            &["sign", "--key", "keys/release.key", "node.manifest.json"],
+            self.dir.path(),
+        );
+    }
+}
+
+/// Asserts a refusal: the exit code, and a single stderr line naming `names` and `reason`.
+pub fn assert_refused(r: &Run, code: i32, names: &str, reason: &str) {
+    assert_eq!(r.code, code, "exit code; stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {}", r.stderr);
+    assert!(
+        lines[0].contains(names),
+        "{:?} should name {names:?}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(reason),
+        "{:?} should say {reason:?}",
+        lines[0]
+    );
+}

@@ -34,6 +34,29 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
     );
 }
 
+/// Replaces text in the manifest, then signs the result with stock openssl and `key`
+/// (nodegate's own `sign` refuses manifests it cannot read, and keys the manifest does
+/// not name), so that the signature is valid and the edit alone is under test.
+fn edit_and_sign_with_openssl(img: &SignedImage, from: &str, to: &str, key: &str) {
+    let p = img.path("node.manifest.json");
+    let text = fs::read_to_string(&p).unwrap();
+    fs::write(&p, text.replace(from, to)).unwrap();
+    openssl(
+        &[
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            key,
+            "-in",
+            "node.manifest.json",
+            "-out",
+            "node.manifest.json.sig",
+        ],
+        img.dir.path(),
+    );
+}
+
 #[test]
 fn a_signed_image_verifies_and_verify_writes_nothing() {
     let img = SignedImage::new(4 * SignedImage::MIB);
@@ -158,22 +181,8 @@ fn a_signature_by_another_key_under_a_trusted_key_id_is_refused() {
     let img = SignedImage::new(SignedImage::MIB);
     let d = img.dir.path();
     ok(&["keygen", "--out", "keys/intruder"], d);
-    // Keep the trusted key id in the manifest but sign with another key, using openssl
-    // (nodegate's own `sign` refuses a key that the manifest does not name).
-    openssl(
-        &[
-            "pkeyutl",
-            "-sign",
-            "-rawin",
-            "-inkey",
-            "keys/intruder.key",
-            "-in",
-            "node.manifest.json",
-            "-out",
-            "node.manifest.json.sig",
-        ],
-        d,
-    );
+    // Keep the trusted key id in the manifest but sign with another key.
+    edit_and_sign_with_openssl(&img, "", "", "keys/intruder.key");
     assert_refused(
         &img.verify(&[]),
         INTEGRITY,
@@ -222,28 +231,11 @@ fn malformed_json_is_refused_with_its_position() {
 #[test]
 fn an_unknown_schema_version_is_refused() {
     let img = SignedImage::new(SignedImage::MIB);
-    let d = img.dir.path();
-    let p = img.path("node.manifest.json");
-    let text = fs::read_to_string(&p).unwrap();
-    fs::write(
-        &p,
-        text.replace("\"schema_version\": 1", "\"schema_version\": 2"),
-    )
-    .unwrap();
-    // Properly signed, so the schema is the only thing wrong.
-    openssl(
-        &[
-            "pkeyutl",
-            "-sign",
-            "-rawin",
-            "-inkey",
-            "keys/release.key",
-            "-in",
-            "node.manifest.json",
-            "-out",
-            "node.manifest.json.sig",
-        ],
-        d,
+    edit_and_sign_with_openssl(
+        &img,
+        "\"schema_version\": 1",
+        "\"schema_version\": 2",
+        "keys/release.key",
     );
     assert_refused(
         &img.verify(&[]),
@@ -268,27 +260,11 @@ fn a_missing_artifact_is_refused() {
 #[test]
 fn an_artifact_path_escaping_the_folder_is_refused() {
     let img = SignedImage::new(SignedImage::MIB);
-    let d = img.dir.path();
-    let p = img.path("node.manifest.json");
-    let text = fs::read_to_string(&p).unwrap();
-    fs::write(
-        &p,
-        text.replace("\"path\": \"node.qcow2\"", "\"path\": \"../node.qcow2\""),
-    )
-    .unwrap();
-    openssl(
-        &[
-            "pkeyutl",
-            "-sign",
-            "-rawin",
-            "-inkey",
-            "keys/release.key",
-            "-in",
-            "node.manifest.json",
-            "-out",
-            "node.manifest.json.sig",
-        ],
-        d,
+    edit_and_sign_with_openssl(
+        &img,
+        "\"path\": \"node.qcow2\"",
+        "\"path\": \"../node.qcow2\"",
+        "keys/release.key",
     );
     assert_refused(
         &img.verify(&[]),

@@ -6,8 +6,26 @@
 //!
 //! - [`image`]: signed image manifests, keys, digests and verification (no VM, no cluster).
 //! - [`exit`]: the process exit codes, one per class of outcome.
+//! - [`vm`]: QEMU virtual machines on throwaway overlays, reached over SSH.
+//! - [`process`], [`wait`], [`interrupt`]: process-group guards, the one polling
+//!   primitive, and SIGINT/SIGTERM routing.
 //! - [`cli`]: the command-line front end.
 
 pub mod cli;
 pub mod exit;
 pub mod image;
+pub mod interrupt;
+pub mod process;
+pub mod ssh;
+pub mod vm;
+pub mod wait;
+
+/// The cache folder for the test bed and probes: `$NODEGATE_CACHE`, default
+/// `~/.cache/nodegate`.
+pub fn cache_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("NODEGATE_CACHE") {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::PathBuf::from(home).join(".cache/nodegate")
+}

@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own file; this file owns the top-level parser, the error
 //! type every subcommand returns and its mapping to exit codes.
 
+mod boot_cmd;
 mod image_cmds;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Sign(image_cmds::SignArgs),
     /// Verify a manifest's signature, trust, expiry and version, and every artifact's digest.
     Verify(image_cmds::VerifyArgs),
+    /// Boot an image under QEMU, wait until it is ready and print how to reach it.
+    Boot(Box<boot_cmd::BootArgs>),
     /// Print the SHA-256 of files, like sha256sum (streaming, SHA-NI when available).
     Digest(image_cmds::DigestArgs),
 }
@@ -70,6 +73,9 @@ pub enum CliError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// A VM could not be started or reached.
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     /// Arguments that parse but make no sense together.
     #[error("{0}")]
     Usage(String),
@@ -80,6 +86,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Verify(e) => e.exit_code(),
+            CliError::Vm(e) => e.exit_code(),
             CliError::Key(KeyError::Random(_)) => exit::ENVIRONMENT,
             CliError::Key(_) => exit::BAD_INPUT,
             CliError::Create(_) | CliError::Sign(_) | CliError::Input { .. } => exit::BAD_INPUT,
@@ -109,6 +116,7 @@ pub fn main() -> i32 {
         Command::Sign(args) => image_cmds::sign(args),
         Command::Verify(args) => image_cmds::verify(args),
         Command::Digest(args) => image_cmds::digest(args),
+        Command::Boot(args) => boot_cmd::boot(*args),
     };
     match result {
         Ok(code) => code,

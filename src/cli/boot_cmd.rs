@@ -1,0 +1,160 @@
+//! `nodegate boot`: boot an image, wait until it is ready, print how to reach it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::CliError;
+use crate::vm::{AccelChoice, Boot, Vm, VmConfig};
+use crate::{exit, interrupt};
+
+/// Firmware for disk boot.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Firmware {
+    /// SeaBIOS.
+    Bios,
+    /// OVMF (UEFI).
+    Uefi,
+}
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    /// The disk image (qcow2 or raw); never written.
+    image: PathBuf,
+    /// Kernel for direct kernel boot (the image then holds the root filesystem).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initrd for direct kernel boot.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for direct kernel boot.
+    #[arg(
+        long,
+        requires = "kernel",
+        default_value = "console=ttyS0 root=/dev/vda rw"
+    )]
+    cmdline: String,
+    /// Firmware when booting from the disk.
+    #[arg(long, value_enum, default_value = "uefi", conflicts_with = "kernel")]
+    firmware: Firmware,
+    /// Accelerator: auto probes KVM and falls back to TCG.
+    #[arg(long, default_value = "auto")]
+    accel: AccelChoice,
+    /// CPU model (default: host under KVM, max under TCG).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory: u64,
+    /// Run folder (kept); default: a temporary folder removed at the end.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Login user created by cloud-init.
+    #[arg(long, default_value = "nodegate")]
+    ssh_user: String,
+    /// Host port for SSH (default: a free one).
+    #[arg(long)]
+    ssh_port: Option<u16>,
+    /// Deadline for SSH to answer.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    ssh_timeout: Duration,
+    /// Deadline for `systemctl is-system-running --wait`.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
+    /// Hold the VM until Ctrl-C after it is ready.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn boot(args: BootArgs) -> Result<i32, CliError> {
+    interrupt::install()
+        .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
+    let boot = match &args.kernel {
+        Some(kernel) => Boot::Kernel {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+        },
+        None => match args.firmware {
+            Firmware::Bios => Boot::Bios,
+            Firmware::Uefi => Boot::debian_uefi(),
+        },
+    };
+    let (run_dir, temp) = match &args.run_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("nodegate-boot.")
+                .tempdir()
+                .map_err(|source| CliError::Output {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let name = args
+        .image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("node")
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
+    let mut config = VmConfig::new(&name, args.image.clone(), boot, run_dir.clone());
+    config.accel = args.accel;
+    config.cpu = args.cpu.clone();
+    config.vcpus = args.vcpus;
+    config.memory_mib = args.memory;
+    config.ssh_user = args.ssh_user.clone();
+    config.ssh_port = args.ssh_port;
+    config.timeouts.ssh = args.ssh_timeout;
+    config.timeouts.ready = args.ready_timeout;
+
+    let mut vm = Vm::start(config, temp)?;
+    if vm.accel.accel.as_str() == "tcg" && args.accel != AccelChoice::Tcg {
+        eprintln!("nodegate: notice: {}", vm.accel.reason);
+    }
+    eprintln!(
+        "booting {} ({} boot, {}, run folder {})",
+        args.image.display(),
+        vm.config.boot.kind(),
+        vm.accel.accel.as_str(),
+        run_dir.display()
+    );
+    let session = vm.wait_ready()?;
+    let known_hosts = run_dir.join("known_hosts");
+    let _ = std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{} {}\n", vm.ssh_port, vm.ssh_target.host_key),
+    );
+    let t = vm.timings;
+    let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64()));
+    println!(
+        "ready: console {}, ssh {}, ready {} (accel {})",
+        secs(t.console),
+        secs(t.ssh),
+        secs(t.ready),
+        vm.accel.accel.as_str()
+    );
+    println!(
+        "ssh -i {} -p {} -o UserKnownHostsFile={} {}@127.0.0.1",
+        vm.ssh_target.key.private.display(),
+        vm.ssh_port,
+        known_hosts.display(),
+        vm.config.ssh_user
+    );
+    drop(session);
+    if args.keep {
+        eprintln!("holding the VM; Ctrl-C to tear it down");
+        while !interrupt::interrupted() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("tearing down");
+        return Ok(exit::INTERRUPTED);
+    }
+    vm.shutdown(Duration::from_secs(20));
+    Ok(exit::PASS)
+}

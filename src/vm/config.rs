@@ -1,0 +1,154 @@
+//! What a VM should be: parsed and checked before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Direct kernel boot: QEMU loads the kernel and initrd; the disk holds the root fs.
+    Kernel {
+        /// The kernel image.
+        kernel: PathBuf,
+        /// The initramfs.
+        initrd: Option<PathBuf>,
+        /// The kernel command line.
+        cmdline: String,
+    },
+    /// Legacy BIOS (SeaBIOS) boots the disk.
+    Bios,
+    /// UEFI (OVMF) boots the disk; each VM gets a writable copy of the vars template.
+    Uefi {
+        /// OVMF code (read-only).
+        code: PathBuf,
+        /// OVMF vars template (copied per VM).
+        vars: PathBuf,
+    },
+}
+
+impl Boot {
+    /// A short name for reports: `kernel`, `bios` or `uefi`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Boot::Kernel { .. } => "kernel",
+            Boot::Bios => "bios",
+            Boot::Uefi { .. } => "uefi",
+        }
+    }
+
+    /// UEFI with Debian's OVMF files.
+    pub fn debian_uefi() -> Boot {
+        Boot::Uefi {
+            code: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        }
+    }
+}
+
+/// The acceleration asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelChoice {
+    /// KVM if it really runs a guest here, else TCG with a notice.
+    Auto,
+    /// KVM or fail.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl std::str::FromStr for AccelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            _ => Err(format!("unknown accel {s:?} (auto, kvm, tcg)")),
+        }
+    }
+}
+
+/// A guest-side address the VM may connect to, forwarded to a host loopback port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestForward {
+    /// Guest-visible IPv4 address inside QEMU's user network (10.0.2.0/24, not .2/.3).
+    pub guest_addr: String,
+    /// Guest-visible port.
+    pub guest_port: u16,
+    /// Host port on 127.0.0.1.
+    pub host_port: u16,
+}
+
+/// Per-phase deadlines of a boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootTimeouts {
+    /// Until the first console byte.
+    pub console: Duration,
+    /// Until SSH accepts the run's key.
+    pub ssh: Duration,
+    /// Until `systemctl is-system-running --wait` returns.
+    pub ready: Duration,
+}
+
+impl BootTimeouts {
+    /// Generous defaults for software emulation (TCG) on a 2-core machine.
+    pub fn tcg() -> BootTimeouts {
+        BootTimeouts {
+            console: Duration::from_secs(60),
+            ssh: Duration::from_secs(300),
+            ready: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Name used in the run folder and the QEMU process title.
+    pub name: String,
+    /// The base disk image (never written).
+    pub image: PathBuf,
+    /// How it boots.
+    pub boot: Boot,
+    /// Acceleration.
+    pub accel: AccelChoice,
+    /// CPU model; default `max` under TCG and `host` under KVM.
+    pub cpu: Option<String>,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Folder for the overlay, seed, console log, QMP socket and keys.
+    pub run_dir: PathBuf,
+    /// The login user cloud-init creates.
+    pub ssh_user: String,
+    /// A fixed host port for SSH; default: a free one.
+    pub ssh_port: Option<u16>,
+    /// Host services the guest may reach (everything else is cut off).
+    pub forwards: Vec<GuestForward>,
+    /// Deadlines.
+    pub timeouts: BootTimeouts,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the image, boot method and run folder.
+    pub fn new(name: &str, image: PathBuf, boot: Boot, run_dir: PathBuf) -> VmConfig {
+        VmConfig {
+            name: name.to_string(),
+            image,
+            boot,
+            accel: AccelChoice::Auto,
+            cpu: None,
+            vcpus: 2,
+            memory_mib: 2048,
+            run_dir,
+            ssh_user: "nodegate".into(),
+            ssh_port: None,
+            forwards: Vec::new(),
+            timeouts: BootTimeouts::tcg(),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The QEMU command line, built from a [`VmConfig`] and the run folder's files.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::accel::Accel;
+use super::config::{Boot, VmConfig};
+
+/// The files of one VM inside its run folder.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    /// The qcow2 overlay on top of the base image.
+    pub overlay: PathBuf,
+    /// The NoCloud seed volume.
+    pub seed: PathBuf,
+    /// The serial console log.
+    pub console: PathBuf,
+    /// The QMP socket.
+    pub qmp: PathBuf,
+    /// The writable UEFI vars copy (UEFI boot only).
+    pub efi_vars: PathBuf,
+    /// QEMU's own stderr.
+    pub qemu_log: PathBuf,
+}
+
+impl RunFiles {
+    /// The standard names inside `dir`.
+    pub fn in_dir(dir: &Path) -> RunFiles {
+        RunFiles {
+            overlay: dir.join("overlay.qcow2"),
+            seed: dir.join("seed.img"),
+            console: dir.join("console.log"),
+            qmp: dir.join("qmp.sock"),
+            efi_vars: dir.join("efi-vars.fd"),
+            qemu_log: dir.join("qemu.log"),
+        }
+    }
+}
+
+/// The NIC's id, for QMP `set_link`.
+pub const NIC_ID: &str = "nic0";
+
+/// Builds the QEMU command for `config` with the resolved acceleration and SSH port.
+pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles) -> Command {
+    let mut cmd = Command::new(&config.qemu);
+    let cpu = config
+        .cpu
+        .clone()
+        .unwrap_or_else(|| accel.default_cpu().to_string());
+    let mut netdev = format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+    for f in &config.forwards {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{}:{}-cmd:socat - TCP:127.0.0.1:{}",
+            f.guest_addr, f.guest_port, f.host_port
+        ));
+    }
+    let os = |s: &Path| s.as_os_str().to_owned();
+    let mut args: Vec<OsString> = vec![
+        "-name".into(),
+        format!("nodegate-{},process=nodegate-{}", config.name, config.name).into(),
+        "-machine".into(),
+        format!("q35,accel={}", accel.as_str()).into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        config.vcpus.to_string().into(),
+        "-m".into(),
+        format!("{}M", config.memory_mib).into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-chardev".into(),
+        {
+            let mut s = OsString::from("file,id=console,path=");
+            s.push(os(&files.console));
+            s
+        },
+        "-serial".into(),
+        "chardev:console".into(),
+        "-qmp".into(),
+        {
+            let mut s = OsString::from("unix:");
+            s.push(os(&files.qmp));
+            s.push(",server=on,wait=off");
+            s
+        },
+        "-drive".into(),
+        {
+            let mut s = OsString::from("if=virtio,format=qcow2,cache=unsafe,discard=unmap,file=");
+            s.push(os(&files.overlay));
+            s
+        },
+        "-drive".into(),
+        {
+            let mut s = OsString::from("if=virtio,format=raw,readonly=on,file=");
+            s.push(os(&files.seed));
+            s
+        },
+        "-netdev".into(),
+        netdev.into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=net0,id={NIC_ID}").into(),
+        "-device".into(),
+        "virtio-rng-pci".into(),
+    ];
+    match &config.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            args.push("-kernel".into());
+            args.push(os(kernel));
+            if let Some(initrd) = initrd {
+                args.push("-initrd".into());
+                args.push(os(initrd));
+            }
+            args.push("-append".into());
+            args.push(cmdline.into());
+        }
+        Boot::Bios => {}
+        Boot::Uefi { code, .. } => {
+            let mut c = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+            c.push(os(code));
+            let mut v = OsString::from("if=pflash,format=raw,unit=1,file=");
+            v.push(os(&files.efi_vars));
+            args.extend(["-drive".into(), c, "-drive".into(), v]);
+        }
+    }
+    cmd.args(args);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::config::GuestForward;
+
+    #[test]
+    fn command_line_isolates_the_guest_and_forwards_only_what_is_asked() {
+        let mut config = VmConfig::new(
+            "t",
+            PathBuf::from("/img/base.qcow2"),
+            Boot::Kernel {
+                kernel: PathBuf::from("/img/vmlinuz"),
+                initrd: None,
+                cmdline: "console=ttyS0 root=/dev/vda".into(),
+            },
+            PathBuf::from("/run/x"),
+        );
+        config.forwards.push(GuestForward {
+            guest_addr: "10.0.2.100".into(),
+            guest_port: 6443,
+            host_port: 16443,
+        });
+        let files = RunFiles::in_dir(Path::new("/run/x"));
+        let cmd = command(&config, Accel::Tcg, 2222, &files);
+        let line: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = line.join(" ");
+        assert!(
+            joined.contains("-machine q35,accel=tcg -cpu max"),
+            "{joined}"
+        );
+        assert!(joined.contains("restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:10.0.2.100:6443-cmd:socat - TCP:127.0.0.1:16443"), "{joined}");
+        assert!(joined.contains("file=/run/x/overlay.qcow2"), "{joined}");
+        assert!(
+            !joined.contains("/img/base.qcow2"),
+            "the base must never be a drive: {joined}"
+        );
+        assert!(
+            joined.contains("-append console=ttyS0 root=/dev/vda"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("readonly=on,file=/run/x/seed.img"),
+            "{joined}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `nodegate boot`: boot an image, wait until it is ready, print how to reach it.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -117,13 +118,17 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     if vm.accel.accel.as_str() == "tcg" && args.accel != AccelChoice::Tcg {
         eprintln!("nodegate: notice: {}", vm.accel.reason);
     }
-    eprintln!(
-        "booting {} ({} boot, {}, run folder {})",
-        args.image.display(),
-        vm.config.boot.kind(),
-        vm.accel.accel.as_str(),
-        run_dir.display()
-    );
+    // Progress for people at a terminal; CI logs get only the result or the error line.
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        eprintln!(
+            "booting {} ({} boot, {}, run folder {})",
+            args.image.display(),
+            vm.config.boot.kind(),
+            vm.accel.accel.as_str(),
+            run_dir.display()
+        );
+    }
     let session = vm.wait_ready()?;
     let known_hosts = run_dir.join("known_hosts");
     let _ = std::fs::write(

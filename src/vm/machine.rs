@@ -349,16 +349,18 @@ impl Vm {
                     binary: config.qemu.clone(),
                     source,
                 })?;
-            // QEMU fails fast on bad options or a taken port; a running QEMU creates
-            // its QMP socket.
+            // QEMU fails fast on bad options or a taken port. It greets on QMP only once
+            // its set-up (netdevs, drives) is complete, so a greeting means it runs.
             let started = wait_until(
                 "qemu to start",
-                Duration::from_secs(10),
+                Duration::from_secs(30),
                 Duration::from_millis(50),
                 || match group.try_status() {
                     Ok(Some(status)) => Poll::Ready(Some(status)),
-                    _ if files.qmp.exists() => Poll::Ready(None),
-                    _ => Poll::Pending("no QMP socket yet".into()),
+                    _ if Qmp::connect(&files.qmp, Duration::from_secs(5)).is_ok() => {
+                        Poll::Ready(None)
+                    }
+                    _ => Poll::Pending("no QMP greeting yet".into()),
                 },
             );
             match started {

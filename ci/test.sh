@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every nodegate test. This is the README's test command and what CI runs.
+#
+# The VM and cluster tests need the test bed, so this builds it first (fixtures/build:
+# cached under $NODEGATE_CACHE, default ~/.cache/nodegate; a warm cache takes seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
+fixtures/build
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast

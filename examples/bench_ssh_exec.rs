@@ -34,7 +34,11 @@ fn main() {
     let mut ssh = vm.wait_ready().expect("vm ready");
     println!("boot: {:?} (accel {})", vm.timings, vm.accel.accel.as_str());
     let known = run.path().join("known_hosts");
-    std::fs::write(&known, format!("[127.0.0.1]:{} {}\n", vm.ssh_port, vm.ssh_target.host_key)).unwrap();
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} {}\n", vm.ssh_port, vm.ssh_target.host_key),
+    )
+    .unwrap();
 
     let mut session = Vec::new();
     for _ in 0..rounds {
@@ -59,7 +63,16 @@ fn main() {
         client.push(t.elapsed());
     }
     let (s, c) = (median(session), median(client));
-    println!("exec(\"true\") over the persistent ssh2 session: median {:.1} ms ({rounds} runs)", s.as_secs_f64() * 1e3);
-    println!("OpenSSH client spawned per command:           median {:.1} ms ({rounds} runs)", c.as_secs_f64() * 1e3);
-    println!("ratio client/session: {:.1}x", c.as_secs_f64() / s.as_secs_f64());
+    println!(
+        "exec(\"true\") over the persistent ssh2 session: median {:.1} ms ({rounds} runs)",
+        s.as_secs_f64() * 1e3
+    );
+    println!(
+        "OpenSSH client spawned per command:           median {:.1} ms ({rounds} runs)",
+        c.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio client/session: {:.1}x",
+        c.as_secs_f64() / s.as_secs_f64()
+    );
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -83,19 +83,9 @@ impl Drop for ControlPlane {
     }
 }
 
-fn testbed_direct() -> PathBuf {
-    let dir = nodegate::cache_dir().join("image/direct");
-    assert!(
-        dir.join("root.qcow2").is_file(),
-        "test bed missing at {}; run fixtures/build (ci/test.sh does)",
-        dir.display()
-    );
-    dir
-}
-
 #[test]
 fn image_v1_joins_the_process_control_plane_and_runs_a_pinned_pod() {
-    let layout = testbed_direct();
+    let layout = common::testbed("image/direct", "root.qcow2");
     let cp = ControlPlane::up();
     let run = tempfile::tempdir().unwrap();
     let mut config = VmConfig::new(
@@ -130,8 +120,9 @@ fn image_v1_joins_the_process_control_plane_and_runs_a_pinned_pod() {
         .unwrap();
     assert_eq!(out.stdout.trim(), "running");
 
+    // Debian packages no crictl, so kubeadm's preflight check for it is waived.
     let join = format!(
-        "sudo kubeadm join {GUEST_API_ADDR}:{} --token {} --discovery-token-ca-cert-hash {} --node-name node-v1",
+        "sudo kubeadm join {GUEST_API_ADDR}:{} --token {} --discovery-token-ca-cert-hash {} --node-name node-v1 --ignore-preflight-errors=FileExisting-crictl",
         cp.port, cp.values["TOKEN"], cp.values["CA_CERT_HASH"]
     );
     let t_join = Instant::now();
@@ -178,7 +169,7 @@ fn image_v1_joins_the_process_control_plane_and_runs_a_pinned_pod() {
     fs::write(&pod_file, pod).unwrap();
     let o = cp.kubectl(&["apply", "-f", pod_file.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    wait_until(
+    let running = wait_until(
         "pod pinned Running",
         Duration::from_secs(300),
         Duration::from_secs(3),
@@ -190,8 +181,25 @@ fn image_v1_joins_the_process_control_plane_and_runs_a_pinned_pod() {
                 other => Poll::Pending(format!("phase {other:?}")),
             }
         },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
+    if let Err(e) = running {
+        let events = cp.kubectl(&[
+            "get",
+            "events",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ]);
+        let pod = cp.kubectl(&["get", "pod", "pinned", "-o", "jsonpath={.status}"]);
+        let journal = ssh
+            .exec("sudo journalctl -u kubelet -u containerd --no-pager | grep -iE 'error|fail' | tail -n 25; sudo ctr -n k8s.io images ls -q", Duration::from_secs(60))
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        panic!(
+            "{e}\nevents:\n{}\npod status: {}\nguest:\n{journal}",
+            String::from_utf8_lossy(&events.stdout),
+            String::from_utf8_lossy(&pod.stdout)
+        );
+    }
     // The API server cannot reach the kubelet behind QEMU's user network, so the
     // container's output is read where the kubelet writes it.
     let out = ssh

@@ -6,13 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 fn signed() -> PathBuf {
-    let dir = nodegate::cache_dir().join("signed");
-    assert!(
-        dir.join("trust/fixture.pub").is_file(),
-        "test bed missing at {}; run fixtures/build (ci/test.sh does)",
-        dir.display()
-    );
-    dir
+    common::testbed("signed", "trust/fixture.pub")
 }
 
 fn verify(manifest: &str) -> common::Run {
@@ -30,12 +24,22 @@ fn image_v1_in_both_layouts_and_bundle_v2_verify() {
         assert_eq!(r.code, 0, "{m}: {}", r.stderr);
     }
     let r = common::run(
-        &["verify", "--trust", "trust", "--json", "v1-direct/node.manifest.json"],
+        &[
+            "verify",
+            "--trust",
+            "trust",
+            "--json",
+            "v1-direct/node.manifest.json",
+        ],
         &signed(),
     );
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     for c in ["containerd", "kubelet", "agent", "kernel"] {
-        assert!(v["components"][c].is_string(), "component {c} missing: {}", r.stdout);
+        assert!(
+            v["components"][c].is_string(),
+            "component {c} missing: {}",
+            r.stdout
+        );
     }
 }
 
@@ -43,14 +47,34 @@ fn image_v1_in_both_layouts_and_bundle_v2_verify() {
 fn each_negative_release_is_refused_for_its_reason() {
     let cases = [
         ("neg/flipped-byte/node.manifest.json", 4, "content modified"),
-        ("neg/expired/node.manifest.json", 4, "manifest expired at 2020-01-02T00:00:00Z"),
-        ("neg/unknown-key/node.manifest.json", 4, "which the trust store trust does not hold"),
-        ("neg/bundle-tampered/bundle.manifest.json", 4, "upgrade.sh: size"),
-        ("neg/bundle-unknown-key/bundle.manifest.json", 4, "does not hold"),
+        (
+            "neg/expired/node.manifest.json",
+            4,
+            "manifest expired at 2020-01-02T00:00:00Z",
+        ),
+        (
+            "neg/unknown-key/node.manifest.json",
+            4,
+            "which the trust store trust does not hold",
+        ),
+        (
+            "neg/bundle-tampered/bundle.manifest.json",
+            4,
+            "upgrade.sh: size",
+        ),
+        (
+            "neg/bundle-unknown-key/bundle.manifest.json",
+            4,
+            "does not hold",
+        ),
     ];
     for (m, code, reason) in cases {
         let r = verify(m);
         assert_eq!(r.code, code, "{m}: {}", r.stderr);
-        assert!(r.stderr.contains(reason), "{m}: {:?} lacks {reason:?}", r.stderr);
+        assert!(
+            r.stderr.contains(reason),
+            "{m}: {:?} lacks {reason:?}",
+            r.stderr
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::direct_boot;
 use nodegate::vm::{AccelChoice, Boot, Vm, VmConfig, VmError};
 
 const BAD_INPUT: i32 = 3;
@@ -25,26 +26,9 @@ fn one_vm() -> std::sync::MutexGuard<'static, ()> {
     ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The test bed's image folder; panics with instructions when it was not built.
+/// The test bed's image folder.
 fn testbed() -> PathBuf {
-    let dir = nodegate::cache_dir().join("image");
-    assert!(
-        dir.join("direct/root.qcow2").is_file(),
-        "test bed missing: {} has no direct/root.qcow2; run fixtures/build (ci/test.sh does)",
-        dir.display()
-    );
-    dir
-}
-
-fn direct_boot(layout: &Path) -> Boot {
-    Boot::Kernel {
-        kernel: layout.join("vmlinuz"),
-        initrd: Some(layout.join("initrd.img")),
-        cmdline: fs::read_to_string(layout.join("cmdline"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    }
+    common::testbed("image", "direct/root.qcow2")
 }
 
 fn sha256(path: &Path) -> String {

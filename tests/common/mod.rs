@@ -158,3 +158,27 @@ pub fn assert_refused(r: &Run, code: i32, names: &str, reason: &str) {
         lines[0]
     );
 }
+
+/// A folder of the test bed (`fixtures/build`) under the cache; panics with instructions
+/// when it was not built: tests that need the test bed fail loudly, never skip.
+pub fn testbed(sub: &str, must_hold: &str) -> PathBuf {
+    let dir = nodegate::cache_dir().join(sub);
+    assert!(
+        dir.join(must_hold).exists(),
+        "test bed missing: {} has no {must_hold}; run fixtures/build (ci/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Direct kernel boot of a test bed layout folder (vmlinuz, initrd.img, cmdline).
+pub fn direct_boot(layout: &Path) -> nodegate::vm::Boot {
+    nodegate::vm::Boot::Kernel {
+        kernel: layout.join("vmlinuz"),
+        initrd: Some(layout.join("initrd.img")),
+        cmdline: fs::read_to_string(layout.join("cmdline"))
+            .expect("layout has a cmdline")
+            .trim()
+            .to_string(),
+    }
+}

@@ -61,10 +61,10 @@ pub struct BootArgs {
     #[arg(long)]
     ssh_port: Option<u16>,
     /// Deadline for SSH to answer.
-    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ssh_timeout: Duration,
     /// Deadline for `systemctl is-system-running --wait`.
-    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
     /// Hold the VM until Ctrl-C after it is ready.
     #[arg(long)]

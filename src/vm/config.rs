@@ -91,12 +91,13 @@ pub struct BootTimeouts {
 }
 
 impl BootTimeouts {
-    /// Generous defaults for software emulation (TCG) on a 2-core machine.
+    /// Generous defaults for software emulation (TCG) on a busy 2-core machine, where
+    /// a Debian node has been seen to take 50 s to SSH when idle and 260 s under load.
     pub fn tcg() -> BootTimeouts {
         BootTimeouts {
-            console: Duration::from_secs(60),
-            ssh: Duration::from_secs(300),
-            ready: Duration::from_secs(300),
+            console: Duration::from_secs(120),
+            ssh: Duration::from_secs(600),
+            ready: Duration::from_secs(600),
         }
     }
 }

@@ -7,11 +7,14 @@
 //! - [`image`]: signed image manifests, keys, digests and verification (no VM, no cluster).
 //! - [`exit`]: the process exit codes, one per class of outcome.
 //! - [`vm`]: QEMU virtual machines on throwaway overlays, reached over SSH.
+//! - [`cluster`]: control planes (kind, local processes, a kubeconfig), bootstrap tokens
+//!   and joining a booted node to them.
 //! - [`process`], [`wait`], [`interrupt`]: process-group guards, the one polling
 //!   primitive, and SIGINT/SIGTERM routing.
 //! - [`cli`]: the command-line front end.
 
 pub mod cli;
+pub mod cluster;
 pub mod exit;
 pub mod image;
 pub mod interrupt;

@@ -1,0 +1,237 @@
+//! [`Kubectl`]: the test bed's kubectl (`$BIN/kubectl`, never the host's), one kubeconfig,
+//! JSON output parsed with serde_json.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{is_executable, last_lines, ClusterError, ProviderKind};
+
+/// Runs `cmd` (stdin fed from `stdin`), returns stdout; a failure names the provider and
+/// the command.
+pub(crate) fn run_command(
+    provider: ProviderKind,
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+) -> Result<String, ClusterError> {
+    let shown = describe(cmd);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let fail = |status: String, stderr: String| ClusterError::Command {
+        provider,
+        command: shown.clone(),
+        status,
+        stderr,
+    };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fail("not started".into(), e.to_string()))?;
+    if let Some(bytes) = stdin {
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(bytes);
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail("not waited for".into(), e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(
+            out.status.to_string(),
+            last_lines(&String::from_utf8_lossy(&out.stderr), 3),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `kubectl get ...`, shortened for messages: program base name and arguments.
+fn describe(cmd: &Command) -> String {
+    let prog = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.starts_with("--kubeconfig") && !a.starts_with("--request-timeout"))
+        .map(|a| {
+            if a.len() > 60 {
+                format!("{}...", &a[..57])
+            } else {
+                a
+            }
+        })
+        .collect();
+    format!("{prog} {}", args.join(" "))
+}
+
+/// A kubectl bound to one kubeconfig.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
+    /// The kubectl binary.
+    pub bin: PathBuf,
+    /// The kubeconfig it uses.
+    pub kubeconfig: PathBuf,
+    /// Per-request timeout (`--request-timeout`).
+    pub request_timeout: Duration,
+    /// The provider, for messages.
+    pub provider: ProviderKind,
+}
+
+impl Kubectl {
+    /// `bin_dir/kubectl` with `kubeconfig`; fails if the binary is missing.
+    pub fn new(
+        bin_dir: &Path,
+        kubeconfig: &Path,
+        provider: ProviderKind,
+    ) -> Result<Kubectl, ClusterError> {
+        let bin = bin_dir.join("kubectl");
+        if !is_executable(&bin) {
+            return Err(ClusterError::MissingTool {
+                provider,
+                tool: "kubectl".into(),
+                looked: bin.display().to_string(),
+            });
+        }
+        Ok(Kubectl {
+            bin,
+            kubeconfig: kubeconfig.to_owned(),
+            request_timeout: Duration::from_secs(20),
+            provider,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg(format!(
+                "--request-timeout={}s",
+                self.request_timeout.as_secs().max(1)
+            ))
+            .args(args);
+        c
+    }
+
+    /// Runs kubectl with `args`; returns stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String, ClusterError> {
+        run_command(self.provider, &mut self.command(args), None)
+    }
+
+    /// Runs kubectl with `args`, feeding `stdin`; returns stdout.
+    pub fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Result<String, ClusterError> {
+        run_command(self.provider, &mut self.command(args), Some(stdin))
+    }
+
+    /// `kubectl ARGS -o json`, parsed.
+    pub fn json(&self, args: &[&str]) -> Result<Value, ClusterError> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.run(&all)?;
+        serde_json::from_str(&out).map_err(|e| ClusterError::Unexpected {
+            provider: self.provider,
+            command: format!("kubectl {}", all.join(" ")),
+            detail: format!("not JSON: {e}"),
+        })
+    }
+
+    /// Gets one object as JSON; `None` if it does not exist.
+    pub fn get(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ClusterError> {
+        let mut args = vec!["get", kind, name, "--ignore-not-found"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        args.extend(["-o", "json"]);
+        let out = self.run(&args)?;
+        if out.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&out)
+            .map(Some)
+            .map_err(|e| ClusterError::Unexpected {
+                provider: self.provider,
+                command: format!("kubectl {}", args.join(" ")),
+                detail: format!("not JSON: {e}"),
+            })
+    }
+
+    /// `kubectl create -f -` with the object as JSON (fails if it exists).
+    pub fn create(&self, object: &Value) -> Result<(), ClusterError> {
+        self.run_with_input(&["create", "-f", "-"], object.to_string().as_bytes())
+            .map(|_| ())
+    }
+
+    /// Deletes one object; absent is fine.
+    pub fn delete(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), ClusterError> {
+        let mut args = vec!["delete", kind, name, "--ignore-not-found", "--wait=false"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        self.run(&args).map(|_| ())
+    }
+
+    /// A JSON merge patch of one object.
+    pub fn merge_patch(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<(), ClusterError> {
+        let p = patch.to_string();
+        self.run(&[
+            "-n", namespace, "patch", kind, name, "--type", "merge", "-p", &p,
+        ])
+        .map(|_| ())
+    }
+}
+
+/// Replaces the `server:` of every cluster in a kubeconfig text with `server`.
+pub fn set_server(kubeconfig: &str, server: &str) -> String {
+    let mut out = String::with_capacity(kubeconfig.len());
+    for line in kubeconfig.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("server:") {
+            let indent = &line[..line.len() - trimmed.len()];
+            out.push_str(&format!("{indent}server: {server}"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_server_rewrites_only_server_lines() {
+        let k = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: QQ==\n    server: https://kind-control-plane:6443\n  name: \"\"\n";
+        let out = set_server(k, "https://10.0.2.100:34567");
+        assert!(
+            out.contains("    server: https://10.0.2.100:34567\n"),
+            "{out}"
+        );
+        assert!(out.contains("certificate-authority-data: QQ==\n"));
+        assert!(!out.contains("kind-control-plane"));
+    }
+}

@@ -1,0 +1,247 @@
+//! The provider choice ([`ControlPlaneConfig`], parsed from `kind|local|kubeconfig=PATH`)
+//! and the running [`ControlPlane`] guard every provider returns.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::kind::{self, KindConfig};
+use super::kubeconfig::{self, KubeconfigConfig};
+use super::local::{self, LocalConfig};
+use super::token::{BootstrapToken, TokenIssuer};
+use super::{find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
+use crate::process::ProcessGroup;
+use crate::vm::GuestForward;
+
+/// Which provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// A kind cluster.
+    Kind,
+    /// A control plane run as local processes.
+    Local,
+    /// An existing cluster named by a kubeconfig.
+    Kubeconfig,
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Kind => "kind",
+            ProviderKind::Local => "local",
+            ProviderKind::Kubeconfig => "kubeconfig",
+        })
+    }
+}
+
+/// What control plane to use, checked before anything starts.
+#[derive(Debug, Clone)]
+pub enum ControlPlaneConfig {
+    /// A kind cluster.
+    Kind(KindConfig),
+    /// Local processes.
+    Local(LocalConfig),
+    /// An existing cluster.
+    Kubeconfig(KubeconfigConfig),
+}
+
+impl ControlPlaneConfig {
+    /// The default: kind where `kind` and `docker` are on `path`, else local processes.
+    pub fn default_for(path: &std::ffi::OsStr) -> ControlPlaneConfig {
+        if find_on_path("kind", path).is_some() && find_on_path("docker", path).is_some() {
+            ControlPlaneConfig::Kind(KindConfig::default())
+        } else {
+            ControlPlaneConfig::Local(LocalConfig::default())
+        }
+    }
+
+    /// The provider.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ControlPlaneConfig::Kind(_) => ProviderKind::Kind,
+            ControlPlaneConfig::Local(_) => ProviderKind::Local,
+            ControlPlaneConfig::Kubeconfig(_) => ProviderKind::Kubeconfig,
+        }
+    }
+
+    /// Starts (or attaches to) the control plane. Local processes are tied to the
+    /// calling thread (they get SIGKILL if it dies): call this from a long-lived thread.
+    pub fn start(&self) -> Result<ControlPlane, ClusterError> {
+        match self {
+            ControlPlaneConfig::Kind(c) => kind::start(c),
+            ControlPlaneConfig::Local(c) => local::start(c),
+            ControlPlaneConfig::Kubeconfig(c) => kubeconfig::attach(c),
+        }
+    }
+}
+
+impl FromStr for ControlPlaneConfig {
+    type Err = String;
+    /// `kind`, `local`, `local=BIN_DIR` or `kubeconfig=PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            None if s == "kind" => Ok(ControlPlaneConfig::Kind(KindConfig::default())),
+            None if s == "local" => Ok(ControlPlaneConfig::Local(LocalConfig::default())),
+            Some(("local", dir)) if !dir.is_empty() => Ok(ControlPlaneConfig::Local(LocalConfig {
+                bin_dir: dir.into(),
+                ..LocalConfig::default()
+            })),
+            Some(("kubeconfig", path)) if !path.is_empty() => Ok(ControlPlaneConfig::Kubeconfig(
+                KubeconfigConfig::new(path.into()),
+            )),
+            _ => Err(format!(
+                "unknown control plane {s:?} (kind, local, local=BIN_DIR, kubeconfig=PATH)"
+            )),
+        }
+    }
+}
+
+/// The `PATH` tools are looked up on: `$PATH`, or the empty list.
+pub fn env_path() -> OsString {
+    std::env::var_os("PATH").unwrap_or_default()
+}
+
+/// What dropping a [`ControlPlane`] undoes.
+#[derive(Debug)]
+pub(crate) enum Teardown {
+    /// Nothing (an existing cluster, or a kept/reused one).
+    Nothing,
+    /// Stop these components, last first.
+    Processes(Vec<ProcessGroup>),
+    /// `kind delete cluster --name NAME`.
+    KindCluster {
+        /// The kind binary.
+        kind: PathBuf,
+        /// The cluster.
+        name: String,
+    },
+}
+
+/// A control plane a node can join. Dropping it tears down what its provider started:
+/// the local processes (scheduler and controller manager first, etcd last) or the kind
+/// cluster (unless reused or kept); an existing cluster is left alone.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The provider.
+    pub provider: ProviderKind,
+    /// kubectl with an admin kubeconfig (the host's view: https://127.0.0.1:PORT).
+    pub kubectl: Kubectl,
+    /// The API server's port on the host's loopback.
+    pub host_port: u16,
+    /// The API server's address as the VM dials it (`10.0.2.100:PORT`).
+    pub guest_endpoint: String,
+    /// The cluster CA certificate (PEM).
+    pub ca_pem: String,
+    /// Its kubeadm pin, `sha256:...`.
+    pub ca_hash: String,
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) teardown: Teardown,
+    pub(crate) _state: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    /// The forward the VM needs: [`GUEST_API_ADDR`]:PORT to the host port.
+    pub fn forward(&self) -> GuestForward {
+        let port = self
+            .guest_endpoint
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(self.host_port);
+        GuestForward {
+            guest_addr: GUEST_API_ADDR.into(),
+            guest_port: port,
+            host_port: self.host_port,
+        }
+    }
+
+    /// `https://10.0.2.100:PORT`.
+    pub fn guest_server(&self) -> String {
+        format!("https://{}", self.guest_endpoint)
+    }
+
+    /// The admin kubeconfig on the host.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubectl.kubeconfig
+    }
+
+    /// A fresh bootstrap token valid for `ttl`, created the provider's way.
+    pub fn create_token(&self, ttl: Duration) -> Result<BootstrapToken, ClusterError> {
+        BootstrapToken::create(self.issuer.clone(), ttl)
+    }
+
+    /// Whether every local component still runs (always true for other providers).
+    pub fn components_running(&mut self) -> bool {
+        match &mut self.teardown {
+            Teardown::Processes(groups) => groups
+                .iter_mut()
+                .all(|g| matches!(g.try_status(), Ok(None))),
+            _ => true,
+        }
+    }
+
+    /// Pids of the local components, in start order (empty for other providers).
+    pub fn component_pids(&self) -> Vec<(String, u32)> {
+        match &self.teardown {
+            Teardown::Processes(groups) => groups
+                .iter()
+                .map(|g| (g.name().to_string(), g.pid()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.teardown, Teardown::Nothing) {
+            Teardown::Nothing => {}
+            Teardown::Processes(mut groups) => {
+                // Clients first, etcd last: an apiserver whose etcd is gone does not exit
+                // on SIGTERM.
+                while let Some(mut g) = groups.pop() {
+                    g.terminate();
+                }
+            }
+            Teardown::KindCluster { kind, name } => {
+                let _ = Command::new(kind)
+                    .args(["delete", "cluster", "--name", &name])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse() {
+        assert!(matches!("kind".parse(), Ok(ControlPlaneConfig::Kind(_))));
+        assert!(matches!("local".parse(), Ok(ControlPlaneConfig::Local(_))));
+        match "local=/opt/k8s".parse() {
+            Ok(ControlPlaneConfig::Local(c)) => assert_eq!(c.bin_dir, Path::new("/opt/k8s")),
+            other => panic!("{other:?}"),
+        }
+        match "kubeconfig=/tmp/admin.conf".parse() {
+            Ok(ControlPlaneConfig::Kubeconfig(c)) => {
+                assert_eq!(c.path, Path::new("/tmp/admin.conf"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = "minikube".parse::<ControlPlaneConfig>().unwrap_err();
+        assert!(e.contains("kubeconfig=PATH"), "{e}");
+        assert!("kubeconfig=".parse::<ControlPlaneConfig>().is_err());
+    }
+
+    #[test]
+    fn default_is_local_without_kind_and_docker() {
+        let empty = tempfile::tempdir().unwrap();
+        let c = ControlPlaneConfig::default_for(empty.path().as_os_str());
+        assert_eq!(c.kind(), ProviderKind::Local);
+    }
+}

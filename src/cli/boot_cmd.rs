@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::CliError;
+use crate::cluster::{self, ControlPlaneConfig, JoinConfig, JoinMethod};
 use crate::vm::{AccelChoice, Boot, Vm, VmConfig};
 use crate::{exit, interrupt};
 
@@ -66,6 +67,16 @@ pub struct BootArgs {
     /// Deadline for `systemctl is-system-running --wait`.
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// Join the node to a control plane once it is ready: auto (kind where kind and
+    /// docker exist, else local), kind, local, local=BIN_DIR or kubeconfig=PATH.
+    #[arg(long, value_name = "PROVIDER")]
+    control_plane: Option<String>,
+    /// kubeadm preflight errors the image knowingly fails (the test bed has no crictl).
+    #[arg(long, value_delimiter = ',', default_value = "FileExisting-crictl")]
+    ignore_preflight_errors: Vec<String>,
+    /// Deadline from the join command to the Node being Ready.
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    join_timeout: Duration,
     /// Hold the VM until Ctrl-C after it is ready.
     #[arg(long)]
     keep: bool,
@@ -114,6 +125,21 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     config.timeouts.ssh = args.ssh_timeout;
     config.timeouts.ready = args.ready_timeout;
 
+    let control_plane = match args.control_plane.as_deref() {
+        None => None,
+        Some("auto") => Some(ControlPlaneConfig::default_for(
+            &cluster::provider::env_path(),
+        )),
+        Some(p) => Some(p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?),
+    };
+    // The control plane comes first: the VM is started with a forward to its API server.
+    let control_plane = match control_plane {
+        Some(c) => Some(c.start()?),
+        None => None,
+    };
+    if let Some(cp) = &control_plane {
+        config.forwards.push(cp.forward());
+    }
     let mut vm = Vm::start(config, temp)?;
     if vm.accel.accel.as_str() == "tcg" && args.accel != AccelChoice::Tcg {
         eprintln!("nodegate: notice: {}", vm.accel.reason);
@@ -129,7 +155,7 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
             run_dir.display()
         );
     }
-    let session = vm.wait_ready()?;
+    let mut session = vm.wait_ready()?;
     let known_hosts = run_dir.join("known_hosts");
     let _ = std::fs::write(
         &known_hosts,
@@ -151,6 +177,34 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
         known_hosts.display(),
         vm.config.ssh_user
     );
+    // Dropped before the VM and the control plane: deletes the Node, then the token.
+    let _joined = match &control_plane {
+        Some(cp) => {
+            let token = cp.create_token(Duration::from_secs(3600))?;
+            let mut join = JoinConfig::new(
+                &name.to_ascii_lowercase(),
+                JoinMethod::Kubeadm {
+                    ignore_preflight_errors: args.ignore_preflight_errors.clone(),
+                },
+            );
+            join.budget = args.join_timeout;
+            let node = cluster::join(cp, &token, &mut session, &join)?;
+            let j = node.timings;
+            println!(
+                "joined: node {} registered {:.1}s, Ready {:.1}s after the join started ({} control plane)",
+                node.name(),
+                j.register.as_secs_f64(),
+                j.ready.as_secs_f64(),
+                cp.provider
+            );
+            println!(
+                "kubectl --kubeconfig {} get nodes",
+                cp.kubeconfig().display()
+            );
+            Some((node, token))
+        }
+        None => None,
+    };
     drop(session);
     if args.keep {
         eprintln!("holding the VM; Ctrl-C to tear it down");

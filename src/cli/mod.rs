@@ -73,6 +73,9 @@ pub enum CliError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// A control plane, token or join failed.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// A VM could not be started or reached.
     #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
@@ -87,6 +90,7 @@ impl CliError {
         match self {
             CliError::Verify(e) => e.exit_code(),
             CliError::Vm(e) => e.exit_code(),
+            CliError::Cluster(e) => e.exit_code(),
             CliError::Key(KeyError::Random(_)) => exit::ENVIRONMENT,
             CliError::Key(_) => exit::BAD_INPUT,
             CliError::Create(_) | CliError::Sign(_) | CliError::Input { .. } => exit::BAD_INPUT,

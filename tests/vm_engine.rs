@@ -208,6 +208,29 @@ fn uefi_full_disk_boot_reaches_ready() {
 }
 
 #[test]
+fn legacy_bios_boot_of_the_same_full_disk_reaches_ready() {
+    // The full-disk image is hybrid, like vendor cloud images: GRUB for SeaBIOS beside
+    // systemd-boot for OVMF.
+    let disk = testbed().join("efi/disk.qcow2");
+    let _vm = one_vm();
+    let run = tempfile::tempdir().unwrap();
+    let mut config = VmConfig::new("bios", disk, Boot::Bios, run.path().into());
+    config.accel = AccelChoice::Tcg;
+    let mut vm = Vm::start(config, None).unwrap();
+    let mut ssh = vm
+        .wait_ready()
+        .unwrap_or_else(|e| panic!("bios boot failed: {e}"));
+    eprintln!("bios boot timings: {:?}", vm.timings);
+    let out = ssh
+        .exec(
+            "test -d /sys/firmware/efi && echo uefi || echo bios",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "bios");
+}
+
+#[test]
 fn a_kernel_panic_fails_the_boot_quoting_the_console() {
     let layout = testbed().join("neg/kernel-panic");
     let _vm = one_vm();

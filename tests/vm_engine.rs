@@ -231,6 +231,64 @@ fn legacy_bios_boot_of_the_same_full_disk_reaches_ready() {
 }
 
 #[test]
+fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_down() {
+    use std::io::{BufRead, BufReader};
+    let layout = testbed().join("direct");
+    let _vm = one_vm();
+    let run = tempfile::tempdir().unwrap();
+    let needle = run.path().display().to_string();
+    // A host service the run does not forward: the guest must not reach it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let mut args = boot_args(&layout, run.path());
+    args.push("--keep".into());
+    let mut child = common::nodegate()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ssh_line = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.starts_with("ssh -i ") {
+            ssh_line = Some(line);
+            break;
+        }
+    }
+    let ssh_line = ssh_line.expect("boot --keep printed an ssh command");
+    // The printed command works as printed (OpenSSH client, pinned host key), and the
+    // guest cannot open a connection to the host's unforwarded port.
+    let probe = format!("curl -s -m 5 http://10.0.2.2:{port}/; echo curl-exit=$?");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{ssh_line} -o BatchMode=yes '{probe}'"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("curl-exit=") && !text.contains("curl-exit=0"),
+        "{text}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the guest reached an unforwarded host port"
+    );
+    assert!(!qemu_pids_with(&needle).is_empty(), "--keep holds the VM");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_for_no_qemu(&needle);
+}
+
+#[test]
 fn a_kernel_panic_fails_the_boot_quoting_the_console() {
     let layout = testbed().join("neg/kernel-panic");
     let _vm = one_vm();

@@ -225,8 +225,8 @@ impl Vm {
     /// Checks the inputs, prepares the run folder (keys, seed, overlay) and starts QEMU.
     /// Returns as soon as QEMU runs; [`Vm::wait_ready`] waits for the guest.
     ///
-    /// With `keep_run_dir` false and no run folder existing yet... the run folder is
-    /// always `config.run_dir`; pass a temporary one to have it removed.
+    /// Everything goes to `config.run_dir`; pass the [`tempfile::TempDir`] owning it as
+    /// `temp_dir` to have the folder removed when the [`Vm`] is dropped.
     pub fn start(config: VmConfig, temp_dir: Option<tempfile::TempDir>) -> Result<Vm, VmError> {
         Command::new(&config.qemu)
             .arg("--version")

@@ -185,25 +185,32 @@ fn direct_kernel_boot_ssh_exec_upload_qmp_and_teardown() {
     assert_eq!(sha256(&base), before, "the base image was written");
 }
 
-#[test]
-fn uefi_full_disk_boot_reaches_ready() {
+/// Boots the test bed's full-disk image with `boot` and returns the firmware the guest
+/// saw (`uefi` or `bios`) and the run folder.
+fn full_disk_firmware(name: &str, boot: Boot) -> (String, tempfile::TempDir) {
     let disk = testbed().join("efi/disk.qcow2");
     let _vm = one_vm();
     let run = tempfile::tempdir().unwrap();
-    let mut config = VmConfig::new("efi", disk, Boot::debian_uefi(), run.path().into());
+    let mut config = VmConfig::new(name, disk, boot, run.path().into());
     config.accel = AccelChoice::Tcg;
     let mut vm = Vm::start(config, None).unwrap();
     let mut ssh = vm
         .wait_ready()
-        .unwrap_or_else(|e| panic!("uefi boot failed: {e}"));
-    eprintln!("uefi boot timings: {:?}", vm.timings);
+        .unwrap_or_else(|e| panic!("{name} boot failed: {e}"));
+    eprintln!("{name} boot timings: {:?}", vm.timings);
     let out = ssh
         .exec(
-            "test -d /sys/firmware/efi && echo uefi",
+            "test -d /sys/firmware/efi && echo uefi || echo bios",
             Duration::from_secs(30),
         )
         .unwrap();
-    assert_eq!(out.stdout.trim(), "uefi");
+    (out.stdout.trim().to_string(), run)
+}
+
+#[test]
+fn uefi_full_disk_boot_reaches_ready() {
+    let (firmware, run) = full_disk_firmware("efi", Boot::debian_uefi());
+    assert_eq!(firmware, "uefi");
     assert!(run.path().join("efi-vars.fd").is_file(), "per-VM vars copy");
 }
 
@@ -211,23 +218,8 @@ fn uefi_full_disk_boot_reaches_ready() {
 fn legacy_bios_boot_of_the_same_full_disk_reaches_ready() {
     // The full-disk image is hybrid, like vendor cloud images: GRUB for SeaBIOS beside
     // systemd-boot for OVMF.
-    let disk = testbed().join("efi/disk.qcow2");
-    let _vm = one_vm();
-    let run = tempfile::tempdir().unwrap();
-    let mut config = VmConfig::new("bios", disk, Boot::Bios, run.path().into());
-    config.accel = AccelChoice::Tcg;
-    let mut vm = Vm::start(config, None).unwrap();
-    let mut ssh = vm
-        .wait_ready()
-        .unwrap_or_else(|e| panic!("bios boot failed: {e}"));
-    eprintln!("bios boot timings: {:?}", vm.timings);
-    let out = ssh
-        .exec(
-            "test -d /sys/firmware/efi && echo uefi || echo bios",
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    assert_eq!(out.stdout.trim(), "bios");
+    let (firmware, _run) = full_disk_firmware("bios", Boot::Bios);
+    assert_eq!(firmware, "bios");
 }
 
 #[test]

@@ -15,11 +15,15 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod config_file;
 pub mod exit;
 pub mod image;
 pub mod interrupt;
 pub mod process;
+pub mod profile;
+pub mod runner;
 pub mod ssh;
+pub mod suite;
 pub mod vm;
 pub mod wait;
 

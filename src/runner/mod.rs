@@ -1,0 +1,236 @@
+//! Runs selected checks against an [`Environment`] and emits [`Event`]s: retries and flaky
+//! marking, fail-fast, interruption, infrastructure stops. It never writes reports.
+
+pub mod event;
+pub mod select;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Instant, SystemTime};
+
+pub use event::{AttemptRecord, CheckRecord, Event, Phase, Status, Stop, StopKind};
+pub use select::{Partition, Selection, Verdict};
+
+use crate::suite::{Attempt, Check, Failure, Need};
+use crate::{exit, interrupt};
+
+/// What checks run against: it boots, joins and hands out VMs as checks need them.
+pub trait Environment {
+    /// Makes `need` available on the shared VM (booting and joining on first use).
+    fn prepare(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop>;
+    /// Makes `need` available on a fresh VM of its own, for a destructive check.
+    fn prepare_fresh(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop>;
+    /// Tears down the fresh VM, if one exists.
+    fn release_fresh(&mut self, emit: &mut dyn FnMut(Event));
+    /// Runs one attempt of `check` on the fresh VM (destructive) or the shared one.
+    fn run(&mut self, check: &Check, attempt: &mut Attempt) -> Result<(), Failure>;
+    /// Collects logs after a failed check.
+    fn on_failure(&mut self, check: &Check, emit: &mut dyn FnMut(Event));
+}
+
+/// How the runner treats failures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Extra attempts for a failed check.
+    pub retries: usize,
+    /// Stop at the first failed check.
+    pub fail_fast: bool,
+}
+
+/// The checks of a run in run order: manifest checks first, then shared-VM checks, then
+/// node checks, then destructive ones (each on its own VM); suite order otherwise.
+pub fn order(mut checks: Vec<Check>) -> Vec<Check> {
+    checks.sort_by_key(|c| (c.destructive, c.need));
+    checks
+}
+
+fn record(c: &Check, status: Status, reason: Option<String>) -> CheckRecord {
+    CheckRecord {
+        id: c.id(),
+        suite: c.suite.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        tags: c.tags.clone(),
+        destructive: c.destructive,
+        status,
+        reason,
+        started: None,
+        attempts: Vec::new(),
+    }
+}
+
+/// The exit code for a run that stopped with `stop` and has `failed` failed checks.
+pub fn exit_code(stop: Option<&Stop>, failed: usize) -> i32 {
+    match stop.map(|s| s.kind) {
+        Some(StopKind::Interrupted) => exit::INTERRUPTED,
+        Some(StopKind::Infrastructure) => exit::ENVIRONMENT,
+        Some(StopKind::Integrity) => exit::INTEGRITY,
+        Some(StopKind::FailFast) => exit::CHECKS_FAILED,
+        None if failed > 0 => exit::CHECKS_FAILED,
+        None => exit::PASS,
+    }
+}
+
+/// Runs `checks` (already ordered) as `selection` decides; returns the exit code.
+pub fn run(
+    checks: &[Check],
+    selection: &Selection,
+    options: RunOptions,
+    env: &mut dyn Environment,
+    emit: &mut dyn FnMut(Event),
+) -> i32 {
+    let verdicts: Vec<Verdict> = checks.iter().map(|c| selection.verdict(c)).collect();
+    emit(Event::RunStarted {
+        to_run: verdicts.iter().filter(|v| **v == Verdict::Run).count(),
+        ignored: verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Ignored(_)))
+            .count(),
+    });
+    let mut stop: Option<Stop> = None;
+    let mut failed = 0;
+    for (c, v) in checks.iter().zip(&verdicts) {
+        match v {
+            Verdict::Out => continue,
+            Verdict::Ignored(why) => {
+                let reason = if why.is_empty() {
+                    "ignored".into()
+                } else {
+                    why.clone()
+                };
+                emit(Event::CheckFinished(Box::new(record(
+                    c,
+                    Status::Ignored,
+                    Some(reason),
+                ))));
+                continue;
+            }
+            Verdict::Run => {}
+        }
+        if stop.is_none() && interrupt::interrupted() {
+            stop = Some(Stop {
+                kind: StopKind::Interrupted,
+                phase: Phase::Checks,
+                reason: "interrupted by a signal".into(),
+            });
+        }
+        if let Some(s) = &stop {
+            let reason = format!("not run: {} ({})", s.kind.as_str(), s.reason);
+            emit(Event::CheckFinished(Box::new(record(
+                c,
+                Status::NotRun,
+                Some(reason),
+            ))));
+            continue;
+        }
+        let r = run_one(c, options, env, emit);
+        match r {
+            Ok(rec) => {
+                let status = rec.status;
+                emit(Event::CheckFinished(Box::new(rec)));
+                if status == Status::Failed {
+                    failed += 1;
+                    if options.fail_fast {
+                        stop = Some(Stop {
+                            kind: StopKind::FailFast,
+                            phase: Phase::Checks,
+                            reason: format!("{} failed", c.id()),
+                        });
+                    }
+                }
+            }
+            Err((rec, s)) => {
+                emit(Event::CheckFinished(Box::new(rec)));
+                stop = Some(s);
+            }
+        }
+    }
+    let code = exit_code(stop.as_ref(), failed);
+    emit(Event::RunFinished {
+        stop,
+        exit_code: code,
+    });
+    code
+}
+
+/// Runs one check with its retries. `Err` carries the record and the stop when the
+/// environment could not be prepared or a signal arrived.
+fn run_one(
+    c: &Check,
+    options: RunOptions,
+    env: &mut dyn Environment,
+    emit: &mut dyn FnMut(Event),
+) -> Result<CheckRecord, (CheckRecord, Stop)> {
+    let not_run = |s: Stop| {
+        let reason = format!("not run: {} ({})", s.kind.as_str(), s.reason);
+        (record(c, Status::NotRun, Some(reason)), s)
+    };
+    let mut rec = record(c, Status::Failed, None);
+    for n in 1..=options.retries + 1 {
+        let prepared = if c.destructive {
+            env.prepare_fresh(c.need, emit)
+        } else {
+            env.prepare(c.need, emit)
+        };
+        if let Err(s) = prepared {
+            env.release_fresh(emit);
+            return Err(not_run(s));
+        }
+        if n == 1 {
+            emit(Event::CheckStarted { id: c.id() });
+            rec.started = Some(SystemTime::now());
+        }
+        let mut attempt = Attempt::new(c.timeout);
+        let t = Instant::now();
+        let result =
+            catch_unwind(AssertUnwindSafe(|| env.run(c, &mut attempt))).unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(Failure::new(format!("check panicked: {msg}")))
+            });
+        let duration = t.elapsed();
+        if let Err(f) = &result {
+            env.on_failure(c, emit);
+            let _ = f;
+        }
+        if c.destructive {
+            env.release_fresh(emit);
+        }
+        if interrupt::interrupted() {
+            return Err(not_run(Stop {
+                kind: StopKind::Interrupted,
+                phase: Phase::Checks,
+                reason: format!("interrupted during {}", c.id()),
+            }));
+        }
+        let failure = result.err();
+        let passed = failure.is_none();
+        rec.attempts.push(AttemptRecord {
+            duration,
+            failure: failure.clone(),
+            transcript: attempt.transcript,
+        });
+        if passed {
+            rec.status = if n == 1 {
+                Status::Passed
+            } else {
+                Status::Flaky
+            };
+            return Ok(rec);
+        }
+        if n <= options.retries {
+            emit(Event::CheckRetrying {
+                id: c.id(),
+                attempt: n,
+                failure: failure.expect("failed"),
+            });
+        }
+    }
+    rec.status = Status::Failed;
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests;

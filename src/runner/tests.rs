@@ -1,0 +1,229 @@
+//! The runner against a scripted environment: retries, flaky, fail-fast, stops, order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+use crate::suite::builtin::Builtin;
+use crate::suite::CheckKind;
+
+fn check(name: &str, need: Need, destructive: bool) -> Check {
+    Check {
+        suite: "s".into(),
+        name: name.into(),
+        description: String::new(),
+        tags: vec![],
+        timeout: Duration::from_secs(1),
+        destructive,
+        ignore: None,
+        need,
+        kind: CheckKind::Builtin(Builtin {
+            name: "guest-files".into(),
+            params: Default::default(),
+        }),
+    }
+}
+
+/// Results per check id, one per attempt; missing means pass.
+#[derive(Default)]
+struct Scripted {
+    results: HashMap<String, Vec<Result<(), Failure>>>,
+    refuse: Option<(Need, StopKind)>,
+    prepared: Vec<(Need, bool)>,
+    released: usize,
+    failures_seen: Vec<String>,
+    panic_on: Option<String>,
+}
+
+impl Environment for Scripted {
+    fn prepare(&mut self, need: Need, _: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        self.prepared.push((need, false));
+        match self.refuse {
+            Some((n, kind)) if need >= n => Err(Stop {
+                kind,
+                phase: Phase::Boot,
+                reason: "qemu: no".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+    fn prepare_fresh(&mut self, need: Need, e: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        self.prepare(need, e)?;
+        self.prepared.last_mut().unwrap().1 = true;
+        Ok(())
+    }
+    fn release_fresh(&mut self, _: &mut dyn FnMut(Event)) {
+        self.released += 1;
+    }
+    fn run(&mut self, c: &Check, _: &mut Attempt) -> Result<(), Failure> {
+        if self.panic_on.as_deref() == Some(c.name.as_str()) {
+            panic!("boom");
+        }
+        match self.results.get_mut(&c.id()) {
+            Some(v) if !v.is_empty() => v.remove(0),
+            _ => Ok(()),
+        }
+    }
+    fn on_failure(&mut self, c: &Check, _: &mut dyn FnMut(Event)) {
+        self.failures_seen.push(c.id());
+    }
+}
+
+fn fail(m: &str) -> Result<(), Failure> {
+    Err(Failure::new(m))
+}
+
+fn go(checks: &[Check], env: &mut Scripted, options: RunOptions) -> (i32, Vec<CheckRecord>) {
+    let mut records = Vec::new();
+    let code = run(checks, &Selection::default(), options, env, &mut |e| {
+        if let Event::CheckFinished(r) = e {
+            records.push(*r)
+        }
+    });
+    (code, records)
+}
+
+#[test]
+fn a_pass_after_a_failure_is_flaky_not_passed() {
+    let checks = vec![check("a", Need::Guest, false)];
+    let mut env = Scripted::default();
+    env.results.insert("s::a".into(), vec![fail("first")]);
+    let (code, r) = go(
+        &checks,
+        &mut env,
+        RunOptions {
+            retries: 2,
+            fail_fast: false,
+        },
+    );
+    assert_eq!(code, exit::PASS);
+    assert_eq!(r[0].status, Status::Flaky);
+    assert_eq!(r[0].attempts.len(), 2);
+    assert_eq!(r[0].failure().unwrap().message, "first");
+}
+
+#[test]
+fn without_retries_a_failure_fails_the_run() {
+    let checks = vec![
+        check("a", Need::Guest, false),
+        check("b", Need::Guest, false),
+    ];
+    let mut env = Scripted::default();
+    env.results
+        .insert("s::a".into(), vec![fail("x"), fail("y")]);
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::CHECKS_FAILED);
+    assert_eq!((r[0].status, r[1].status), (Status::Failed, Status::Passed));
+    assert_eq!(env.failures_seen, vec!["s::a"]);
+    // Retries exhausted: still failed, every attempt kept.
+    let mut env = Scripted::default();
+    env.results
+        .insert("s::a".into(), vec![fail("x"), fail("y")]);
+    let (_, r) = go(
+        &checks,
+        &mut env,
+        RunOptions {
+            retries: 1,
+            fail_fast: false,
+        },
+    );
+    assert_eq!(r[0].status, Status::Failed);
+    assert_eq!(r[0].failure().unwrap().message, "y");
+}
+
+#[test]
+fn fail_fast_leaves_the_rest_not_run_with_a_reason() {
+    let checks = vec![
+        check("a", Need::Guest, false),
+        check("b", Need::Guest, false),
+        check("c", Need::Node, false),
+    ];
+    let mut env = Scripted::default();
+    env.results.insert("s::a".into(), vec![fail("x")]);
+    let (code, r) = go(
+        &checks,
+        &mut env,
+        RunOptions {
+            retries: 0,
+            fail_fast: true,
+        },
+    );
+    assert_eq!(code, exit::CHECKS_FAILED);
+    assert_eq!(r[1].status, Status::NotRun);
+    assert!(r[2]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("fail-fast (s::a failed)"));
+}
+
+#[test]
+fn a_boot_failure_stops_guest_checks_but_not_manifest_checks() {
+    let checks = order(vec![
+        check("g", Need::Guest, false),
+        check("m", Need::Manifest, false),
+    ]);
+    assert_eq!(checks[0].name, "m");
+    let mut env = Scripted {
+        refuse: Some((Need::Guest, StopKind::Infrastructure)),
+        ..Default::default()
+    };
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::ENVIRONMENT);
+    assert_eq!(r[0].status, Status::Passed);
+    assert_eq!(r[1].status, Status::NotRun);
+    assert!(r[1].reason.as_deref().unwrap().contains("qemu: no"));
+    let mut env = Scripted {
+        refuse: Some((Need::Guest, StopKind::Integrity)),
+        ..Default::default()
+    };
+    assert_eq!(
+        go(&checks, &mut env, RunOptions::default()).0,
+        exit::INTEGRITY
+    );
+}
+
+#[test]
+fn destructive_checks_run_last_on_a_fresh_vm_per_attempt() {
+    let checks = order(vec![
+        check("d", Need::Node, true),
+        check("n", Need::Node, false),
+    ]);
+    assert_eq!(checks[1].name, "d");
+    let mut env = Scripted::default();
+    env.results.insert("s::d".into(), vec![fail("x")]);
+    let (_, r) = go(
+        &checks,
+        &mut env,
+        RunOptions {
+            retries: 1,
+            fail_fast: false,
+        },
+    );
+    assert_eq!(r[1].status, Status::Flaky);
+    assert_eq!(
+        env.prepared,
+        vec![(Need::Node, false), (Need::Node, true), (Need::Node, true)]
+    );
+    assert_eq!(env.released, 2);
+}
+
+#[test]
+fn a_panicking_check_fails_and_the_run_goes_on() {
+    let checks = vec![
+        check("p", Need::Guest, false),
+        check("q", Need::Guest, false),
+    ];
+    let mut env = Scripted {
+        panic_on: Some("p".into()),
+        ..Default::default()
+    };
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::CHECKS_FAILED);
+    assert!(r[0]
+        .failure()
+        .unwrap()
+        .message
+        .contains("check panicked: boom"));
+    assert_eq!(r[1].status, Status::Passed);
+}

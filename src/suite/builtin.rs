@@ -1,0 +1,199 @@
+//! The built-in checks: their names, parameters, what they need, and dispatch.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::context::{Attempt, CheckEnv, Failure};
+use super::{cluster_checks, guest_checks, integrity_checks};
+
+/// What a check needs before it can run; the runner boots and joins accordingly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Need {
+    /// The verified (or refused) manifest only: runs before boot.
+    Manifest,
+    /// A booted guest reachable over SSH.
+    Guest,
+    /// A guest joined to the control plane.
+    Node,
+}
+
+impl Need {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::Manifest => "manifest",
+            Need::Guest => "guest",
+            Need::Node => "node",
+        }
+    }
+}
+
+/// One built-in's signature.
+struct Spec {
+    name: &'static str,
+    need: Need,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+    /// Any param names are allowed (`node-info`: node info fields).
+    open: bool,
+    destructive: bool,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "manifest",
+        need: Need::Manifest,
+        required: &["aspect"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "service-active",
+        need: Need::Guest,
+        required: &["unit"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "service-recovers",
+        need: Need::Node,
+        required: &["unit"],
+        optional: &[],
+        open: false,
+        destructive: true,
+    },
+    Spec {
+        name: "guest-files",
+        need: Need::Guest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "process-exe",
+        need: Need::Guest,
+        required: &["unit", "path"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "node-ready",
+        need: Need::Node,
+        required: &["budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "node-info",
+        need: Need::Node,
+        required: &[],
+        optional: &[],
+        open: true,
+        destructive: false,
+    },
+    Spec {
+        name: "node-taints",
+        need: Need::Node,
+        required: &[],
+        optional: &["allowed"],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "pod-runs",
+        need: Need::Node,
+        required: &["image", "command", "output"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+];
+
+fn spec(name: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|s| s.name == name)
+}
+
+/// Names of all built-ins.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SPECS.iter().map(|s| s.name)
+}
+
+/// Checks a built-in's name and parameter names (values are checked after expansion).
+pub fn validate(name: &str, params: &BTreeMap<String, String>) -> Result<(), String> {
+    let s = spec(name).ok_or_else(|| {
+        format!(
+            "unknown builtin `{name}` (known: {})",
+            names().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    for r in s.required {
+        if !params.contains_key(*r) {
+            return Err(format!("builtin `{name}` needs param `{r}`"));
+        }
+    }
+    if !s.open {
+        for k in params.keys() {
+            if !s.required.contains(&k.as_str()) && !s.optional.contains(&k.as_str()) {
+                return Err(format!("builtin `{name}` has no param `{k}`"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the built-in `name` needs, and whether it must be marked destructive.
+pub fn need(name: &str) -> (Need, bool) {
+    spec(name).map_or((Need::Guest, false), |s| (s.need, s.destructive))
+}
+
+/// A built-in check ready to run: its name and expanded parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Builtin {
+    /// The built-in's name.
+    pub name: String,
+    /// Expanded parameters.
+    pub params: BTreeMap<String, String>,
+}
+
+impl Builtin {
+    /// A parameter (validated present at load time for required ones).
+    pub fn param(&self, key: &str) -> &str {
+        self.params.get(key).map_or("", String::as_str)
+    }
+
+    /// A parameter parsed as a duration.
+    pub fn duration(&self, key: &str) -> Result<Duration, String> {
+        humantime::parse_duration(self.param(key))
+            .map_err(|e| format!("param `{key}` = {:?}: {e}", self.param(key)))
+    }
+
+    /// Checks parameter values once variables are expanded.
+    pub fn validate_values(&self) -> Result<(), String> {
+        match self.name.as_str() {
+            "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
+            "node-ready" => self.duration("budget").map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the check.
+    pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+        match self.name.as_str() {
+            "manifest" => integrity_checks::manifest(self, env, attempt),
+            "service-active" => guest_checks::service_active(self, env, attempt),
+            "service-recovers" => guest_checks::service_recovers(self, env, attempt),
+            "guest-files" => guest_checks::guest_files(env, attempt),
+            "process-exe" => guest_checks::process_exe(self, env, attempt),
+            "node-ready" => cluster_checks::node_ready(self, env, attempt),
+            "node-info" => cluster_checks::node_info(self, env, attempt),
+            "node-taints" => cluster_checks::node_taints(self, env, attempt),
+            "pod-runs" => cluster_checks::pod_runs(self, env, attempt),
+            other => Err(Failure::new(format!("unknown builtin `{other}`"))),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! What a check runs against, what it records, and how it fails.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{JoinedNode, Kubectl};
+use crate::image::{Manifest, VerifiedImage, VerifyError};
+use crate::ssh::{ExecOutput, SshSession};
+use crate::vm::Vm;
+
+/// The outcome of verifying the image before boot.
+#[derive(Debug)]
+pub enum Verification {
+    /// Signature, trust, expiry, rollback and digests all hold.
+    Verified(Box<VerifiedImage>),
+    /// Verification refused the image.
+    Refused(VerifyError),
+    /// `--allow-unsigned`: nothing was verified; the manifest, if given, was read as is.
+    Unsigned(Option<Box<Manifest>>),
+}
+
+impl Verification {
+    /// The manifest, verified or not.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match self {
+            Verification::Verified(v) => Some(&v.manifest),
+            Verification::Refused(_) => None,
+            Verification::Unsigned(m) => m.as_deref(),
+        }
+    }
+}
+
+/// A booted guest.
+pub struct Guest<'a> {
+    /// The VM.
+    pub vm: &'a Vm,
+    /// A logged-in session.
+    pub ssh: &'a mut SshSession,
+}
+
+/// A guest joined to a control plane.
+pub struct Member<'a> {
+    /// Admin kubectl.
+    pub kubectl: &'a Kubectl,
+    /// The Node.
+    pub node: &'a JoinedNode,
+}
+
+/// Everything a check may use; what it needs is present (the runner saw to that).
+pub struct CheckEnv<'a> {
+    /// Pre-boot verification.
+    pub verification: &'a Verification,
+    /// The booted guest, for checks that need one.
+    pub guest: Option<Guest<'a>>,
+    /// The cluster membership, for checks that need one.
+    pub member: Option<Member<'a>>,
+}
+
+/// Why a check failed: what was expected, what was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One line: what went wrong and where to look.
+    pub message: String,
+    /// The expected value, when there is one.
+    pub expected: Option<String>,
+    /// The value found.
+    pub actual: Option<String>,
+}
+
+impl Failure {
+    /// A failure with only a message.
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            expected: None,
+            actual: None,
+        }
+    }
+
+    /// A failure comparing an expected and an actual value.
+    pub fn mismatch(
+        message: impl Into<String>,
+        expected: impl Into<String>,
+        actual: impl Into<String>,
+    ) -> Failure {
+        Failure {
+            message: message.into(),
+            expected: Some(expected.into()),
+            actual: Some(actual.into()),
+        }
+    }
+}
+
+/// A check's deadline and the record of what it did (the JUnit system-out).
+pub struct Attempt {
+    deadline: Instant,
+    timeout: Duration,
+    /// Commands run and their output.
+    pub transcript: String,
+}
+
+impl Attempt {
+    /// Starts the clock.
+    pub fn new(timeout: Duration) -> Attempt {
+        Attempt {
+            deadline: Instant::now() + timeout,
+            timeout,
+            transcript: String::new(),
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The check's whole timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Notes a line in the transcript.
+    pub fn note(&mut self, line: impl AsRef<str>) {
+        let _ = writeln!(self.transcript, "{}", line.as_ref());
+    }
+
+    /// Runs `command` in the guest within the time left; records it and its output.
+    pub fn exec(&mut self, ssh: &mut SshSession, command: &str) -> Result<ExecOutput, Failure> {
+        let _ = writeln!(self.transcript, "$ {command}");
+        let left = self.remaining();
+        if left.is_zero() {
+            return Err(self.timed_out(command));
+        }
+        match ssh.exec(command, left) {
+            Ok(o) => {
+                self.transcript.push_str(&o.stdout);
+                if !o.stderr.is_empty() {
+                    let _ = write!(self.transcript, "[stderr]\n{}", o.stderr);
+                }
+                let _ = writeln!(self.transcript, "[exit {}]", o.status);
+                Ok(o)
+            }
+            Err(crate::ssh::SshError::Timeout { partial, .. }) => {
+                self.transcript.push_str(&partial);
+                Err(self.timed_out(command))
+            }
+            Err(e) => Err(Failure::new(format!("ssh: {e}"))),
+        }
+    }
+
+    /// Runs `command` as root (through sudo and sh).
+    pub fn exec_root(
+        &mut self,
+        ssh: &mut SshSession,
+        command: &str,
+    ) -> Result<ExecOutput, Failure> {
+        self.exec(ssh, &format!("sudo sh -c {}", shell_quote(command)))
+    }
+
+    /// The failure of a check that ran out of time waiting for `what`.
+    pub fn timed_out(&self, what: &str) -> Failure {
+        Failure::new(format!(
+            "timed out after {} waiting for {what}",
+            humantime::format_duration(self.timeout)
+        ))
+    }
+}
+
+/// Single-quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

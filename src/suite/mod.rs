@@ -1,0 +1,270 @@
+//! Conformance suites as data (`suites/*.toml`, format in docs/suites.md) and the checks
+//! they name: built-in Rust checks with parameters, or in-guest commands with
+//! expectations. Loading validates everything that can be validated before a VM boots.
+
+pub mod builtin;
+mod cluster_checks;
+pub mod command;
+pub mod context;
+mod guest_checks;
+mod integrity_checks;
+pub mod plan;
+pub mod vars;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config_file::{self, ConfigError};
+
+pub use builtin::Need;
+pub use context::{Attempt, CheckEnv, Failure, Guest, Member, Verification};
+pub use plan::{plan, Check, CheckKind, PlanError};
+
+/// One suite file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteDef {
+    /// Suite name (`containerd`); check ids are `SUITE::CHECK`.
+    pub name: String,
+    /// What the suite certifies.
+    #[serde(default)]
+    pub description: String,
+    /// The checks, in run order.
+    #[serde(rename = "check", default)]
+    pub checks: Vec<CheckDef>,
+    /// The file it came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// One check as written in a suite file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckDef {
+    /// Name, unique in its suite: lowercase letters, digits, `_` and `-`.
+    pub name: String,
+    /// What it proves, in one sentence.
+    pub description: String,
+    /// Tags for `--tag` / `--skip-tag`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Deadline for one attempt.
+    #[serde(default = "default_timeout", with = "crate::profile::duration_serde")]
+    pub timeout: Duration,
+    /// Changes the node (upgrade, fault injection): runs on a VM of its own.
+    #[serde(default)]
+    pub destructive: bool,
+    /// Skipped unless `--ignored` or `--include-ignored`; the text says why.
+    #[serde(default)]
+    pub ignore: Option<String>,
+    /// A built-in check by name (see [`builtin::Builtin`]).
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// Parameters of the built-in check (values may use `${variables}`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// A shell command run in the guest (as root unless `sudo = false`).
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Whether `run` runs as root.
+    #[serde(default = "yes")]
+    pub sudo: bool,
+    /// What `run` must produce.
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+/// Expectations on an in-guest command.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Exit status (default 0).
+    #[serde(default)]
+    pub status: Option<i32>,
+    /// stdout, trimmed, equals this.
+    #[serde(default)]
+    pub stdout: Option<String>,
+    /// Substrings stdout must contain.
+    #[serde(default)]
+    pub stdout_contains: Vec<String>,
+    /// Substrings stdout must not contain.
+    #[serde(default)]
+    pub stdout_excludes: Vec<String>,
+    /// Regular expressions stdout must match (multi-line mode).
+    #[serde(default)]
+    pub stdout_matches: Vec<String>,
+    /// Substrings stderr must contain.
+    #[serde(default)]
+    pub stderr_contains: Vec<String>,
+    /// Regular expressions stderr must match.
+    #[serde(default)]
+    pub stderr_matches: Vec<String>,
+    /// stdout parsed as JSON: dotted path (`a.b.0.c`) -> expected value as text.
+    #[serde(default)]
+    pub json: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Loads every `*.toml` in `dirs` (folders or files), sorted by file name; suite names must
+/// be unique and check names unique within a suite.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<SuiteDef>, ConfigError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut suites: Vec<SuiteDef> = Vec::new();
+    for f in files {
+        let mut s: SuiteDef = config_file::load(&f)?;
+        s.path = f.clone();
+        validate(&s)?;
+        if let Some(other) = suites.iter().find(|o| o.name == s.name) {
+            return Err(invalid(
+                &f,
+                format!(
+                    "suite `{}` is also defined in {}",
+                    s.name,
+                    other.path.display()
+                ),
+            ));
+        }
+        suites.push(s);
+    }
+    Ok(suites)
+}
+
+fn invalid(path: &Path, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+fn validate(s: &SuiteDef) -> Result<(), ConfigError> {
+    let path = &s.path;
+    if !valid_name(&s.name) {
+        return Err(invalid(
+            path,
+            format!(
+                "suite name `{}` must be lowercase letters, digits, `_` or `-`",
+                s.name
+            ),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for c in &s.checks {
+        let at = |m: String| invalid(path, format!("check `{}`: {m}", c.name));
+        if !valid_name(&c.name) {
+            return Err(at(
+                "name must be lowercase letters, digits, `_` or `-`".into()
+            ));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(at("defined twice".into()));
+        }
+        if c.timeout.is_zero() {
+            return Err(at("timeout must be more than zero".into()));
+        }
+        match (&c.builtin, &c.run) {
+            (Some(_), Some(_)) => return Err(at("has both `builtin` and `run`".into())),
+            (None, None) => return Err(at("needs `builtin` or `run`".into())),
+            (Some(b), None) => {
+                if c.expect.is_some() {
+                    return Err(at("`expect` applies to `run` checks only".into()));
+                }
+                builtin::validate(b, &c.params).map_err(at)?;
+            }
+            (None, Some(_)) => {
+                if !c.params.is_empty() {
+                    return Err(at("`params` applies to `builtin` checks only".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Vec<SuiteDef>, ConfigError> {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("s.toml"), text).unwrap();
+        load(&[d.path().to_owned()])
+    }
+
+    #[test]
+    fn a_suite_with_both_kinds_of_check_loads() {
+        let s = load_text(
+            "name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nrun = \"true\"\n\
+             [[check]]\nname = \"b\"\ndescription = \"d\"\nbuiltin = \"service-active\"\n\
+             params = { unit = \"x.service\" }\n",
+        )
+        .unwrap();
+        assert_eq!(s[0].checks.len(), 2);
+        assert_eq!(s[0].checks[0].timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_check_names_file_and_line() {
+        let e = load_text("name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nrun = \"true\"\ntimout = \"3s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.toml:6:1: unknown field `timout`"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_builtin_and_a_duplicate_are_refused() {
+        let e = load_text(
+            "name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nbuiltin = \"nope\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("check `a`: unknown builtin `nope`"), "{e}");
+        let e = load_text("name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nrun = \"x\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nrun = \"y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("check `a`: defined twice"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_param_is_refused() {
+        let e = load_text("name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nbuiltin = \"service-active\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("check `a`: builtin `service-active` needs param `unit`"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! From suite definitions and variables to runnable checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::builtin::{self, Builtin, Need};
+use super::command::{self, CommandCheck};
+use super::context::{Attempt, CheckEnv, Failure};
+use super::vars::{expand, Vars};
+use super::{CheckDef, SuiteDef};
+
+/// A check ready to run.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Suite name.
+    pub suite: String,
+    /// Check name.
+    pub name: String,
+    /// What it proves.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Deadline per attempt.
+    pub timeout: Duration,
+    /// Runs on its own VM.
+    pub destructive: bool,
+    /// Why it is ignored by default, if it is.
+    pub ignore: Option<String>,
+    /// What it needs.
+    pub need: Need,
+    /// What it does.
+    pub kind: CheckKind,
+}
+
+/// Built-in or command.
+#[derive(Debug, Clone)]
+pub enum CheckKind {
+    /// A built-in Rust check.
+    Builtin(Builtin),
+    /// An in-guest command with expectations.
+    Command(Box<CommandCheck>),
+}
+
+impl Check {
+    /// `suite::name`, the id used by filters, JUnit and the JSON report.
+    pub fn id(&self) -> String {
+        format!("{}::{}", self.suite, self.name)
+    }
+
+    /// Runs one attempt.
+    pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+        match &self.kind {
+            CheckKind::Builtin(b) => b.run(env, attempt),
+            CheckKind::Command(c) => c.run(env, attempt),
+        }
+    }
+}
+
+/// A check that cannot be planned: names the suite file and the check.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: check `{check}`: {message}")]
+pub struct PlanError {
+    /// The suite file.
+    pub path: PathBuf,
+    /// The check.
+    pub check: String,
+    /// What is wrong (an unknown variable, a bad pattern).
+    pub message: String,
+}
+
+/// Expands variables and compiles every check of `suites`.
+pub fn plan(suites: &[SuiteDef], vars: &Vars) -> Result<Vec<Check>, PlanError> {
+    let mut out = Vec::new();
+    for s in suites {
+        for c in &s.checks {
+            out.push(plan_one(s, c, vars).map_err(|message| PlanError {
+                path: s.path.clone(),
+                check: c.name.clone(),
+                message,
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
+    let x = |t: &String| expand(t, vars);
+    let xs = |v: &Vec<String>| {
+        v.iter()
+            .map(|t| expand(t, vars))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (need, kind) = match (&c.builtin, &c.run) {
+        (Some(name), _) => {
+            let params = c
+                .params
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), x(v)?)))
+                .collect::<Result<_, String>>()?;
+            let b = Builtin {
+                name: name.clone(),
+                params,
+            };
+            b.validate_values()?;
+            let (need, destructive) = builtin::need(name);
+            if destructive && !c.destructive {
+                return Err(format!(
+                    "builtin `{name}` changes the node: mark the check `destructive = true`"
+                ));
+            }
+            (need, CheckKind::Builtin(b))
+        }
+        (None, Some(run)) => {
+            let e = c.expect.clone().unwrap_or_default();
+            let res = |v: &Vec<String>| {
+                xs(v)?
+                    .iter()
+                    .map(|p| command::regex(p))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let json = e
+                .json
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), x(v)?)))
+                .collect::<Result<_, String>>()?;
+            let cmd = CommandCheck {
+                run: x(run)?,
+                sudo: c.sudo,
+                status: e.status.unwrap_or(0),
+                stdout: e.stdout.as_ref().map(x).transpose()?,
+                stdout_contains: xs(&e.stdout_contains)?,
+                stdout_excludes: xs(&e.stdout_excludes)?,
+                stdout_matches: res(&e.stdout_matches)?,
+                stderr_contains: xs(&e.stderr_contains)?,
+                stderr_matches: res(&e.stderr_matches)?,
+                json,
+            };
+            (Need::Guest, CheckKind::Command(Box::new(cmd)))
+        }
+        (None, None) => return Err("needs `builtin` or `run`".into()),
+    };
+    Ok(Check {
+        suite: s.name.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        tags: c.tags.clone(),
+        timeout: c.timeout,
+        destructive: c.destructive,
+        ignore: c.ignore.clone(),
+        need,
+        kind,
+    })
+}

@@ -1,42 +1,41 @@
 #!/usr/bin/env bash
-# The main job, end to end: make a release key, a disk image, its manifest, sign it, and
-# verify it as a release gate would.
+# The main job, end to end, as a release pipeline runs it: build the test bed when absent
+# (its signed image v1 is the release candidate), then `nodegate run` verifies the signed
+# manifest, boots the image under QEMU, joins it to a local control plane, runs every
+# suite and writes JUnit, a JSON report and artifacts. Then it shows the gate refusing a
+# tampered copy of the same release before anything boots.
 #
 #   ci/gate.sh [WORK_DIR]      (default: a new folder under /tmp, printed at the end)
+# Exit code: that of the run on the good image (0 = ship it; README lists the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 ci/install-deps.sh
+fixtures/build
 cargo build --release --locked --quiet
-ng=$PWD/target/release/nodegate
+ng=$repo/target/release/nodegate
+signed=${NODEGATE_CACHE:-$HOME/.cache/nodegate}/signed
 work=${1:-$(mktemp -d /tmp/nodegate-gate.XXXXXX)}
 mkdir -p "$work" && cd "$work"
 echo "== working in $work"
 
-echo "== keygen"
-[[ -f keys/release.key ]] || "$ng" keygen --out keys/release
-mkdir -p trust && cp keys/release.pub trust/
-
-echo "== image (256 MiB of random bytes standing in for a disk image)"
-[[ -f node.qcow2 ]] || head -c 256M /dev/urandom >node.qcow2
-
-echo "== manifest create"
-"$ng" manifest create --image node.qcow2 --name demo-node --image-version 1 \
-  --key keys/release.pub --valid-for 30d \
-  --component containerd=1.6.20 --component kubelet=v1.20.2
-
-echo "== sign"
-"$ng" sign --key keys/release.key node.manifest.json
-
-echo "== verify (the gate)"
-"$ng" verify --trust trust --min-version 1 node.manifest.json
-
-echo "== verify refuses a tampered copy"
-cp node.qcow2 node.qcow2.orig
-printf '\x01' | dd of=node.qcow2 bs=1 seek=1000 conv=notrunc status=none
+echo "== nodegate run: image v1, local control plane, all suites"
 set +e
-"$ng" verify --trust trust node.manifest.json
+"$ng" run --manifest "$signed/v1-direct/node.manifest.json" --trust "$signed/trust" \
+  --profile "$repo/profiles/debian-fixture.toml" --suites "$repo/suites" --suite all \
+  --control-plane local --junit out/junit.xml --json out/report.json --artifacts out/artifacts
 code=$?
 set -e
-mv node.qcow2.orig node.qcow2
-[[ $code -eq 4 ]] || { echo "expected exit 4 (integrity), got $code" >&2; exit 1; }
-echo "== gate passed for the signed image, refused the tampered one (exit $code)"
+
+echo "== the same gate refuses a release with one flipped byte (integrity suite, no boot)"
+set +e
+"$ng" run --manifest "$signed/neg/flipped-byte/node.manifest.json" --trust "$signed/trust" \
+  --profile "$repo/profiles/debian-fixture.toml" --suites "$repo/suites" --suite integrity \
+  --junit out/tampered.junit.xml --json out/tampered.report.json --artifacts out/tampered-artifacts
+tampered=$?
+set -e
+[[ $tampered -eq 4 ]] || { echo "expected exit 4 (integrity) for the tampered release, got $tampered" >&2; exit 1; }
+
+echo "== reports: $work/out/junit.xml $work/out/report.json (artifacts in $work/out/artifacts)"
+echo "== verdict for image v1: exit $code; tampered release refused (exit $tampered)"
+exit "$code"

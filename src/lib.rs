@@ -16,11 +16,14 @@
 pub mod cli;
 pub mod cluster;
 pub mod config_file;
+pub mod doctor;
 pub mod exit;
 pub mod image;
 pub mod interrupt;
 pub mod process;
 pub mod profile;
+pub mod report;
+pub mod run;
 pub mod runner;
 pub mod ssh;
 pub mod suite;

@@ -5,6 +5,8 @@
 
 mod boot_cmd;
 mod image_cmds;
+mod run_cmd;
+mod tool_cmds;
 
 use std::path::PathBuf;
 
@@ -39,6 +41,13 @@ enum Command {
     Boot(Box<boot_cmd::BootArgs>),
     /// Print the SHA-256 of files, like sha256sum (streaming, SHA-NI when available).
     Digest(image_cmds::DigestArgs),
+    /// Verify, boot, join and run the conformance suites; write JUnit and JSON reports.
+    Run(Box<run_cmd::RunArgs>),
+    /// Show what this machine can do (QEMU, KVM, firmware, control planes, memory, disk).
+    Doctor,
+    /// Work with reports.
+    #[command(subcommand)]
+    Report(tool_cmds::ReportCommand),
 }
 
 /// Everything a subcommand can fail with. The message is one line that names the file,
@@ -79,6 +88,12 @@ pub enum CliError {
     /// A VM could not be started or reached.
     #[error(transparent)]
     Vm(#[from] crate::vm::VmError),
+    /// A run could not start or could not write its reports.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    /// JUnit files could not be merged.
+    #[error(transparent)]
+    Merge(#[from] crate::report::junit::MergeError),
     /// Arguments that parse but make no sense together.
     #[error("{0}")]
     Usage(String),
@@ -95,6 +110,8 @@ impl CliError {
             CliError::Key(_) => exit::BAD_INPUT,
             CliError::Create(_) | CliError::Sign(_) | CliError::Input { .. } => exit::BAD_INPUT,
             CliError::Output { .. } => exit::ENVIRONMENT,
+            CliError::Run(e) => e.exit_code(),
+            CliError::Merge(_) => exit::BAD_INPUT,
             CliError::Usage(_) => exit::USAGE,
         }
     }
@@ -121,6 +138,9 @@ pub fn main() -> i32 {
         Command::Verify(args) => image_cmds::verify(args),
         Command::Digest(args) => image_cmds::digest(args),
         Command::Boot(args) => boot_cmd::boot(*args),
+        Command::Run(args) => run_cmd::run(*args),
+        Command::Doctor => tool_cmds::doctor(),
+        Command::Report(cmd) => tool_cmds::report(cmd),
     };
     match result {
         Ok(code) => code,

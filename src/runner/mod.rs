@@ -70,14 +70,16 @@ pub fn exit_code(stop: Option<&Stop>, failed: usize) -> i32 {
     }
 }
 
-/// Runs `checks` (already ordered) as `selection` decides; returns the exit code.
+/// Runs `checks` (already ordered) as `selection` decides; returns the exit code and
+/// the stop, if the run stopped early. The caller emits [`Event::RunFinished`] once it has
+/// torn down.
 pub fn run(
     checks: &[Check],
     selection: &Selection,
     options: RunOptions,
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
-) -> i32 {
+) -> (i32, Option<Stop>) {
     let verdicts: Vec<Verdict> = checks.iter().map(|c| selection.verdict(c)).collect();
     emit(Event::RunStarted {
         to_run: verdicts.iter().filter(|v| **v == Verdict::Run).count(),
@@ -114,7 +116,7 @@ pub fn run(
             });
         }
         if let Some(s) = &stop {
-            let reason = format!("not run: {} ({})", s.kind.as_str(), s.reason);
+            let reason = format!("{}: {}", s.kind.as_str(), s.reason);
             emit(Event::CheckFinished(Box::new(record(
                 c,
                 Status::NotRun,
@@ -122,47 +124,36 @@ pub fn run(
             ))));
             continue;
         }
-        let r = run_one(c, options, env, emit);
-        match r {
-            Ok(rec) => {
-                let status = rec.status;
-                emit(Event::CheckFinished(Box::new(rec)));
-                if status == Status::Failed {
-                    failed += 1;
-                    if options.fail_fast {
-                        stop = Some(Stop {
-                            kind: StopKind::FailFast,
-                            phase: Phase::Checks,
-                            reason: format!("{} failed", c.id()),
-                        });
-                    }
-                }
-            }
-            Err((rec, s)) => {
-                emit(Event::CheckFinished(Box::new(rec)));
-                stop = Some(s);
+        let (rec, stopped) = run_one(c, options, env, emit);
+        let status = rec.status;
+        emit(Event::CheckFinished(Box::new(rec)));
+        if stopped.is_some() {
+            stop = stopped;
+        } else if status == Status::Failed {
+            failed += 1;
+            if options.fail_fast {
+                stop = Some(Stop {
+                    kind: StopKind::FailFast,
+                    phase: Phase::Checks,
+                    reason: format!("{} failed", c.id()),
+                });
             }
         }
     }
-    let code = exit_code(stop.as_ref(), failed);
-    emit(Event::RunFinished {
-        stop,
-        exit_code: code,
-    });
-    code
+    (exit_code(stop.as_ref(), failed), stop)
 }
 
-/// Runs one check with its retries. `Err` carries the record and the stop when the
-/// environment could not be prepared or a signal arrived.
+/// Runs one check with its retries; the stop is set when the environment could not be
+/// prepared or a signal arrived.
 fn run_one(
     c: &Check,
     options: RunOptions,
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
-) -> Result<CheckRecord, (CheckRecord, Stop)> {
+) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| {
-        let reason = format!("not run: {} ({})", s.kind.as_str(), s.reason);
-        (record(c, Status::NotRun, Some(reason)), s)
+        let reason = format!("{}: {}", s.kind.as_str(), s.reason);
+        (record(c, Status::NotRun, Some(reason)), Some(s))
     };
     let mut rec = record(c, Status::Failed, None);
     for n in 1..=options.retries + 1 {
@@ -173,7 +164,7 @@ fn run_one(
         };
         if let Err(s) = prepared {
             env.release_fresh(emit);
-            return Err(not_run(s));
+            return not_run(s);
         }
         if n == 1 {
             emit(Event::CheckStarted { id: c.id() });
@@ -191,19 +182,18 @@ fn run_one(
                 Err(Failure::new(format!("check panicked: {msg}")))
             });
         let duration = t.elapsed();
-        if let Err(f) = &result {
+        if result.is_err() {
             env.on_failure(c, emit);
-            let _ = f;
         }
         if c.destructive {
             env.release_fresh(emit);
         }
         if interrupt::interrupted() {
-            return Err(not_run(Stop {
+            return not_run(Stop {
                 kind: StopKind::Interrupted,
                 phase: Phase::Checks,
                 reason: format!("interrupted during {}", c.id()),
-            }));
+            });
         }
         let failure = result.err();
         let passed = failure.is_none();
@@ -218,7 +208,7 @@ fn run_one(
             } else {
                 Status::Flaky
             };
-            return Ok(rec);
+            return (rec, None);
         }
         if n <= options.retries {
             emit(Event::CheckRetrying {
@@ -229,7 +219,7 @@ fn run_one(
         }
     }
     rec.status = Status::Failed;
-    Ok(rec)
+    (rec, None)
 }
 
 #[cfg(test)]

@@ -69,14 +69,25 @@ pub enum Verdict {
 impl Selection {
     /// Decides for one check.
     pub fn verdict(&self, c: &Check) -> Verdict {
-        let id = c.id();
-        if !self.suites.is_empty() && !self.suites.iter().any(|s| *s == c.suite) {
+        self.decide(&c.suite, &c.name, &c.tags, c.ignore.as_deref())
+    }
+
+    /// Decides for a check given by suite, name, tags and ignore reason.
+    pub fn decide(
+        &self,
+        suite: &str,
+        name: &str,
+        tags: &[String],
+        ignore: Option<&str>,
+    ) -> Verdict {
+        let id = format!("{suite}::{name}");
+        if !self.suites.is_empty() && !self.suites.iter().any(|s| s == suite) {
             return Verdict::Out;
         }
-        if !self.tags.is_empty() && !c.tags.iter().any(|t| self.tags.contains(t)) {
+        if !self.tags.is_empty() && !tags.iter().any(|t| self.tags.contains(t)) {
             return Verdict::Out;
         }
-        if c.tags.iter().any(|t| self.skip_tags.contains(t)) {
+        if tags.iter().any(|t| self.skip_tags.contains(t)) {
             return Verdict::Out;
         }
         if let Some(p) = &self.partition {
@@ -84,12 +95,12 @@ impl Selection {
                 return Verdict::Out;
             }
         }
-        let trial = Trial::test(id, || Ok(())).with_ignored_flag(c.ignore.is_some());
+        let trial = Trial::test(id, || Ok(())).with_ignored_flag(ignore.is_some());
         if self.libtest.is_filtered_out(&trial) {
             return Verdict::Out;
         }
         if self.libtest.is_ignored(&trial) {
-            return Verdict::Ignored(c.ignore.clone().unwrap_or_default());
+            return Verdict::Ignored(ignore.unwrap_or_default().to_string());
         }
         Verdict::Run
     }

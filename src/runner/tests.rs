@@ -75,7 +75,7 @@ fn fail(m: &str) -> Result<(), Failure> {
 
 fn go(checks: &[Check], env: &mut Scripted, options: RunOptions) -> (i32, Vec<CheckRecord>) {
     let mut records = Vec::new();
-    let code = run(checks, &Selection::default(), options, env, &mut |e| {
+    let (code, _stop) = run(checks, &Selection::default(), options, env, &mut |e| {
         if let Event::CheckFinished(r) = e {
             records.push(*r)
         }
@@ -154,7 +154,7 @@ fn fail_fast_leaves_the_rest_not_run_with_a_reason() {
         .reason
         .as_deref()
         .unwrap()
-        .contains("fail-fast (s::a failed)"));
+        .contains("fail-fast: s::a failed"));
 }
 
 #[test]

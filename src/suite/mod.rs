@@ -69,6 +69,9 @@ pub struct CheckDef {
     /// A shell command run in the guest (as root unless `sudo = false`).
     #[serde(default)]
     pub run: Option<String>,
+    /// What the check needs beyond its kind's own need: `guest` or `node` (joined).
+    #[serde(default)]
+    pub needs: Option<NeedName>,
     /// Whether `run` runs as root.
     #[serde(default = "yes")]
     pub sudo: bool,
@@ -105,6 +108,16 @@ pub struct Expect {
     /// stdout parsed as JSON: dotted path (`a.b.0.c`) -> expected value as text.
     #[serde(default)]
     pub json: BTreeMap<String, String>,
+}
+
+/// `needs` in a suite file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NeedName {
+    /// A booted guest.
+    Guest,
+    /// A guest joined to the control plane.
+    Node,
 }
 
 fn default_timeout() -> Duration {

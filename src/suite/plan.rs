@@ -139,6 +139,11 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
         }
         (None, None) => return Err("needs `builtin` or `run`".into()),
     };
+    let need = match c.needs {
+        Some(super::NeedName::Node) => need.max(Need::Node),
+        Some(super::NeedName::Guest) => need.max(Need::Guest),
+        None => need,
+    };
     Ok(Check {
         suite: s.name.clone(),
         name: c.name.clone(),

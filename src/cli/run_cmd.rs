@@ -1,0 +1,220 @@
+//! `nodegate run`: from an image to a gate verdict.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use libtest_mimic::Arguments;
+
+use super::CliError;
+use crate::cluster::{self, ControlPlaneConfig};
+use crate::profile::Profile;
+use crate::report::terminal::Terminal;
+use crate::report::ReportPaths;
+use crate::run::{self, RunConfig};
+use crate::runner::{Partition, RunOptions, Selection};
+use crate::suite;
+use crate::vm::AccelChoice;
+use crate::{exit, interrupt};
+
+/// Colour on the terminal.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Color {
+    /// When stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The disk image; default the manifest's disk artifact (if given, it must be that
+    /// disk byte for byte).
+    #[arg(long, value_name = "PATH")]
+    image: Option<PathBuf>,
+    /// The signed manifest.
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+    /// The manifest's signature (default MANIFEST.sig).
+    #[arg(long, value_name = "PATH")]
+    signature: Option<PathBuf>,
+    /// Trusted public keys: one file or a folder of *.pub / *.pem.
+    #[arg(long, value_name = "PATH")]
+    trust: Option<PathBuf>,
+    /// Refuse manifests older than this version (rollback protection).
+    #[arg(long, value_name = "N")]
+    min_version: Option<u64>,
+    /// Boot an image that is not verified; recorded in the report, and the integrity
+    /// checks fail.
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// The image profile (profiles/*.toml).
+    #[arg(long, value_name = "PATH", required_unless_present = "list")]
+    profile: Option<PathBuf>,
+    /// Suite folder or file (repeatable).
+    #[arg(long = "suites", value_name = "PATH", default_value = "suites")]
+    suites: Vec<PathBuf>,
+    /// Suites to run: all, or names separated by commas.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        default_value = "all",
+        value_delimiter = ','
+    )]
+    suite: Vec<String>,
+    /// Control plane: auto (kind where kind and docker exist, else local), kind, local,
+    /// local=BIN_DIR or kubeconfig=PATH.
+    #[arg(long, value_name = "PROVIDER", default_value = "auto")]
+    control_plane: String,
+    /// Accelerator: auto probes KVM and falls back to TCG.
+    #[arg(long, default_value = "auto")]
+    accel: AccelChoice,
+    /// JUnit XML report.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// JSON report (docs/report-schema.md).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Folder for console logs, guest logs and the effective profile.
+    #[arg(long, value_name = "DIR", default_value = "nodegate-artifacts")]
+    artifacts: PathBuf,
+    /// Reruns of a failed check; a pass after a failure is reported as flaky.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    retries: usize,
+    /// Stop at the first failed check (the rest are reported as not run).
+    #[arg(long)]
+    fail_fast: bool,
+    /// Run only checks with one of these tags (repeatable).
+    #[arg(long, value_name = "TAG")]
+    tag: Vec<String>,
+    /// Skip checks with this tag (repeatable).
+    #[arg(long, value_name = "TAG")]
+    skip_tag: Vec<String>,
+    /// Run shard M of N: hash:M/N (stable across machines).
+    #[arg(long, value_name = "hash:M/N")]
+    partition: Option<Partition>,
+    /// List the selected checks and exit.
+    #[arg(long)]
+    list: bool,
+    /// Filters match check ids exactly.
+    #[arg(long)]
+    exact: bool,
+    /// Skip checks whose id contains FILTER (repeatable).
+    #[arg(long, value_name = "FILTER")]
+    skip: Vec<String>,
+    /// Run only ignored checks.
+    #[arg(long)]
+    ignored: bool,
+    /// Run ignored checks too.
+    #[arg(long)]
+    include_ignored: bool,
+    /// Colour: auto, always, never.
+    #[arg(long, value_enum, default_value = "auto")]
+    color: Color,
+    /// Run only checks whose id (`suite::name`) contains FILTER.
+    #[arg(value_name = "FILTER")]
+    filter: Option<String>,
+}
+
+impl RunArgs {
+    fn selection(&self) -> Selection {
+        let libtest = Arguments {
+            filter: self.filter.clone(),
+            exact: self.exact,
+            skip: self.skip.clone(),
+            ignored: self.ignored,
+            include_ignored: self.include_ignored,
+            ..Arguments::default()
+        };
+        Selection {
+            libtest,
+            suites: if self.suite.iter().any(|s| s == "all") {
+                Vec::new()
+            } else {
+                self.suite.clone()
+            },
+            tags: self.tag.clone(),
+            skip_tags: self.skip_tag.clone(),
+            partition: self.partition,
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<i32, CliError> {
+    let selection = args.selection();
+    if args.list {
+        let defs = suite::load(&args.suites).map_err(run::RunError::from)?;
+        check_suite_names(&defs, &selection)?;
+        let lines = run::list(&defs, &selection);
+        for l in &lines {
+            println!("{l}");
+        }
+        println!("\n{} tests, 0 benchmarks", lines.len());
+        return Ok(exit::PASS);
+    }
+    interrupt::install()
+        .map_err(|e| CliError::Usage(format!("cannot install signal handlers: {e}")))?;
+    if args.manifest.is_none() && !args.allow_unsigned {
+        return Err(CliError::Usage(
+            "--manifest (with --trust) is required; --allow-unsigned boots an unverified --image"
+                .into(),
+        ));
+    }
+    if let Some(img) = &args.image {
+        std::fs::metadata(img).map_err(|source| CliError::Input {
+            path: img.clone(),
+            source,
+        })?;
+    }
+    let profile_path = args.profile.clone().expect("clap requires --profile");
+    let profile = Profile::load(&profile_path).map_err(run::RunError::from)?;
+    let defs = suite::load(&args.suites).map_err(run::RunError::from)?;
+    check_suite_names(&defs, &selection)?;
+    let control_plane = match args.control_plane.as_str() {
+        "auto" => ControlPlaneConfig::default_for(&cluster::provider::env_path()),
+        p => p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?,
+    };
+    let config = RunConfig {
+        image: args.image.clone(),
+        manifest: args.manifest.clone(),
+        signature: args.signature.clone(),
+        trust: args.trust.clone(),
+        min_version: args.min_version,
+        allow_unsigned: args.allow_unsigned,
+        profile,
+        profile_path,
+        suites: args.suites.clone(),
+        control_plane,
+        accel: args.accel,
+        artifacts: args.artifacts.clone(),
+        reports: ReportPaths {
+            junit: args.junit.clone(),
+            json: args.json.clone(),
+        },
+    };
+    let mut terminal = Terminal::stdout(match args.color {
+        Color::Auto => None,
+        Color::Always => Some(true),
+        Color::Never => Some(false),
+    });
+    let options = RunOptions {
+        retries: args.retries,
+        fail_fast: args.fail_fast,
+    };
+    Ok(run::execute(&config, &selection, options, &mut terminal)?)
+}
+
+/// `--suite NAME` must name a suite that exists.
+fn check_suite_names(defs: &[suite::SuiteDef], selection: &Selection) -> Result<(), CliError> {
+    for s in &selection.suites {
+        if !defs.iter().any(|d| d.name == *s) {
+            let known: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+            return Err(CliError::Usage(format!(
+                "--suite {s}: no such suite (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! `nodegate doctor`: what this machine can do, and what each missing piece prevents.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cluster::{find_on_path, local, provider::env_path};
+use crate::vm::accel;
+
+/// One finding.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// What was looked at.
+    pub item: &'static str,
+    /// Whether it is usable.
+    pub ok: bool,
+    /// Version, path or the reason it is not usable.
+    pub detail: String,
+    /// What its absence prevents (empty when ok).
+    pub prevents: &'static str,
+    /// A run cannot happen without it.
+    pub required: bool,
+}
+
+fn first_line(cmd: &Path, args: &[&str]) -> Option<String> {
+    let o = Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+fn tool(
+    item: &'static str,
+    binary: &str,
+    args: &[&str],
+    prevents: &'static str,
+    required: bool,
+) -> Finding {
+    let path = env_path();
+    match find_on_path(binary, &path) {
+        Some(p) => Finding {
+            item,
+            ok: true,
+            detail: first_line(&p, args).unwrap_or_else(|| p.display().to_string()),
+            prevents: "",
+            required,
+        },
+        None => Finding {
+            item,
+            ok: false,
+            detail: format!("{binary} not on PATH"),
+            prevents,
+            required,
+        },
+    }
+}
+
+fn file(item: &'static str, path: PathBuf, prevents: &'static str) -> Finding {
+    let ok = path.is_file();
+    Finding {
+        item,
+        ok,
+        detail: if ok {
+            path.display().to_string()
+        } else {
+            format!("{} missing", path.display())
+        },
+        prevents: if ok { "" } else { prevents },
+        required: false,
+    }
+}
+
+fn meminfo_mib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
+}
+
+fn free_disk_mib(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string and a zeroed statvfs to fill.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail as u64 * s.f_frsize as u64 / (1024 * 1024))
+}
+
+/// Looks at everything.
+pub fn diagnose() -> Vec<Finding> {
+    let mut out = vec![
+        tool(
+            "qemu",
+            "qemu-system-x86_64",
+            &["--version"],
+            "booting any image",
+            true,
+        ),
+        tool(
+            "qemu-img",
+            "qemu-img",
+            &["--version"],
+            "overlays: booting any image",
+            true,
+        ),
+        tool(
+            "ssh-keygen",
+            "ssh-keygen",
+            &["-V"],
+            "per-VM SSH keys: booting any image",
+            true,
+        ),
+        tool(
+            "socat",
+            "socat",
+            &["-V"],
+            "guest forwards: joining a control plane",
+            false,
+        ),
+    ];
+    let kvm = accel::kvm_works(
+        Path::new("qemu-system-x86_64"),
+        None,
+        Some(&crate::cache_dir()),
+    );
+    out.push(Finding {
+        item: "kvm",
+        ok: kvm.is_ok(),
+        detail: match &kvm {
+            Ok(()) => "a probe guest ran under KVM".into(),
+            Err(e) => e.clone(),
+        },
+        prevents:
+            "fast boots: every VM runs under TCG (about 10x slower; budgets default to 600 s)",
+        required: false,
+    });
+    out.push(file(
+        "ovmf",
+        PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        "UEFI boot (profiles with firmware = \"uefi\" and no kernel artifact)",
+    ));
+    out.push(file(
+        "seabios",
+        PathBuf::from("/usr/share/seabios/bios-256k.bin"),
+        "legacy BIOS boot",
+    ));
+    let bin = crate::cache_dir().join("kubernetes/bin");
+    let local_ok = local::check_bin_dir(&bin);
+    out.push(Finding {
+        item: "local control plane",
+        ok: local_ok.is_ok(),
+        detail: match &local_ok {
+            Ok(()) => bin.display().to_string(),
+            Err(e) => e.to_string(),
+        },
+        prevents: "--control-plane local (build it: fixtures/build)",
+        required: false,
+    });
+    out.push(tool(
+        "kind",
+        "kind",
+        &["version"],
+        "--control-plane kind (auto uses local)",
+        false,
+    ));
+    out.push(tool(
+        "docker",
+        "docker",
+        &["--version"],
+        "--control-plane kind",
+        false,
+    ));
+    out.push(tool(
+        "kubectl (PATH)",
+        "kubectl",
+        &["version", "--client"],
+        "nothing: nodegate uses the test bed's kubectl or the provider's",
+        false,
+    ));
+    let mem = meminfo_mib("MemAvailable:");
+    out.push(Finding {
+        item: "memory",
+        ok: mem.is_some_and(|m| m >= 3 * 1024),
+        detail: mem.map_or("unknown".into(), |m| {
+            format!("{:.1} GiB available", m as f64 / 1024.0)
+        }),
+        prevents: "a 2 GiB VM plus a local control plane (3 GiB wanted)",
+        required: false,
+    });
+    let tmp = std::env::temp_dir();
+    let disk = free_disk_mib(&tmp);
+    out.push(Finding {
+        item: "disk",
+        ok: disk.is_some_and(|d| d >= 4 * 1024),
+        detail: disk.map_or("unknown".into(), |d| {
+            format!("{:.1} GiB free in {}", d as f64 / 1024.0, tmp.display())
+        }),
+        prevents: "overlays and artifacts (4 GiB wanted)",
+        required: false,
+    });
+    out
+}

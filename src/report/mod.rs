@@ -1,0 +1,105 @@
+//! Reports from run events: the terminal view, the JSON report and JUnit. Reports are
+//! rewritten atomically after every check and phase, so a run that dies still leaves a
+//! report of what ran (with `finished: null`). This module never touches a VM.
+
+pub mod junit;
+pub mod model;
+pub mod terminal;
+
+use std::path::{Path, PathBuf};
+
+pub use model::{Recorder, RunReport};
+
+use crate::image::signature::write_atomically;
+use crate::runner::Event;
+
+/// Where reports go.
+#[derive(Debug, Clone, Default)]
+pub struct ReportPaths {
+    /// JUnit XML.
+    pub junit: Option<PathBuf>,
+    /// JSON report.
+    pub json: Option<PathBuf>,
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot write report: {message}")]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub message: String,
+}
+
+/// Records events and keeps the report files current.
+pub struct ReportWriter {
+    /// The record.
+    pub recorder: Recorder,
+    paths: ReportPaths,
+    /// The first write error (reported at the end; the run goes on).
+    pub error: Option<WriteError>,
+}
+
+impl ReportWriter {
+    /// A writer for `paths` starting a report with `properties`.
+    pub fn new(
+        paths: ReportPaths,
+        properties: std::collections::BTreeMap<String, String>,
+    ) -> ReportWriter {
+        ReportWriter {
+            recorder: Recorder::new(properties),
+            paths,
+            error: None,
+        }
+    }
+
+    /// Records the event; rewrites the files when something worth keeping happened.
+    pub fn event(&mut self, e: &Event) {
+        self.recorder.record(e);
+        if matches!(
+            e,
+            Event::PhaseFinished { .. } | Event::CheckFinished(_) | Event::RunFinished { .. }
+        ) {
+            self.flush();
+        }
+    }
+
+    /// Writes both files now.
+    pub fn flush(&mut self) {
+        let r = &self.recorder.report;
+        let mut results = Vec::new();
+        if let Some(p) = &self.paths.json {
+            let text = serde_json::to_string_pretty(r).unwrap_or_default() + "\n";
+            results.push(write(p, text.as_bytes()));
+        }
+        if let Some(p) = &self.paths.junit {
+            let xml = junit::to_junit(r).to_string().map_err(|e| WriteError {
+                path: p.clone(),
+                message: e.to_string(),
+            });
+            results.push(xml.and_then(|x| write(p, x.as_bytes())));
+        }
+        for r in results {
+            self.keep(r);
+        }
+    }
+
+    fn keep(&mut self, r: Result<(), WriteError>) {
+        if let Err(e) = r {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename), creating the folder.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let err = |e: std::io::Error| WriteError {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    write_atomically(path, bytes).map_err(err)
+}

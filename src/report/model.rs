@@ -1,0 +1,281 @@
+//! The JSON report (schema in docs/report-schema.md) and the recorder that builds it from
+//! run events. JUnit is derived from the same record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::manifest::format_time;
+use crate::runner::{CheckRecord, Event, Status};
+
+/// Version of the JSON report's schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A run's report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunReport {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// nodegate's version.
+    pub nodegate_version: String,
+    /// RFC 3339 UTC.
+    pub started: String,
+    /// RFC 3339 UTC; `null` while the run is still going (a partial report).
+    pub finished: Option<String>,
+    /// Seconds from start to finish (or to the last update).
+    pub duration_secs: f64,
+    /// `running`, `passed`, `failed`, `integrity`, `error` or `interrupted`.
+    pub verdict: String,
+    /// The exit code; `null` while running.
+    pub exit_code: Option<i32>,
+    /// Why the run stopped early.
+    pub stop: Option<StopReport>,
+    /// Facts for dashboards: image, digest, accel, control plane, Kubernetes version.
+    pub properties: BTreeMap<String, String>,
+    /// Phases in the order they ran.
+    pub phases: Vec<PhaseReport>,
+    /// Checks in the order they ended.
+    pub checks: Vec<CheckReport>,
+    /// Counts by status.
+    pub summary: Summary,
+    /// Files kept: name -> path.
+    pub artifacts: BTreeMap<String, PathBuf>,
+}
+
+/// An early stop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopReport {
+    /// `integrity`, `infrastructure`, `interrupted` or `fail-fast`.
+    pub kind: String,
+    /// The phase it happened in.
+    pub phase: String,
+    /// One line.
+    pub reason: String,
+}
+
+/// One phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseReport {
+    /// `verify`, `control-plane`, `boot`, `join`, `checks`, `artifacts`, `teardown`.
+    pub name: String,
+    /// What it did.
+    pub detail: String,
+    /// Seconds; `null` if it never finished.
+    pub duration_secs: Option<f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// One check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckReport {
+    /// `suite::name`.
+    pub id: String,
+    /// Suite.
+    pub suite: String,
+    /// Name.
+    pub name: String,
+    /// What it proves.
+    pub description: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Ran on its own VM.
+    pub destructive: bool,
+    /// `passed`, `failed`, `flaky`, `not-run` or `ignored`.
+    pub status: String,
+    /// Why it did not run.
+    pub reason: Option<String>,
+    /// RFC 3339 UTC.
+    pub started: Option<String>,
+    /// Seconds over all attempts.
+    pub duration_secs: f64,
+    /// The deciding failure's message.
+    pub message: Option<String>,
+    /// Its expected value.
+    pub expected: Option<String>,
+    /// Its actual value.
+    pub actual: Option<String>,
+    /// Every attempt.
+    pub attempts: Vec<AttemptReport>,
+}
+
+/// One attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptReport {
+    /// `passed` or `failed`.
+    pub status: String,
+    /// Seconds.
+    pub duration_secs: f64,
+    /// Failure message.
+    pub message: Option<String>,
+    /// Expected value.
+    pub expected: Option<String>,
+    /// Actual value.
+    pub actual: Option<String>,
+    /// Commands run and their output.
+    pub output: String,
+}
+
+/// Counts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// Checks reported.
+    pub total: usize,
+    /// Passed first time.
+    pub passed: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Passed after failing.
+    pub flaky: usize,
+    /// Selected, not run.
+    pub not_run: usize,
+    /// Ignored.
+    pub ignored: usize,
+}
+
+impl CheckReport {
+    fn from_record(r: &CheckRecord) -> CheckReport {
+        let f = r.failure();
+        CheckReport {
+            id: r.id.clone(),
+            suite: r.suite.clone(),
+            name: r.name.clone(),
+            description: r.description.clone(),
+            tags: r.tags.clone(),
+            destructive: r.destructive,
+            status: r.status.as_str().into(),
+            reason: r.reason.clone(),
+            started: r.started.map(format_time),
+            duration_secs: r.duration().as_secs_f64(),
+            message: f.map(|f| f.message.clone()),
+            expected: f.and_then(|f| f.expected.clone()),
+            actual: f.and_then(|f| f.actual.clone()),
+            attempts: r
+                .attempts
+                .iter()
+                .map(|a| AttemptReport {
+                    status: if a.failure.is_some() {
+                        "failed"
+                    } else {
+                        "passed"
+                    }
+                    .into(),
+                    duration_secs: a.duration.as_secs_f64(),
+                    message: a.failure.as_ref().map(|f| f.message.clone()),
+                    expected: a.failure.as_ref().and_then(|f| f.expected.clone()),
+                    actual: a.failure.as_ref().and_then(|f| f.actual.clone()),
+                    output: a.transcript.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Builds a [`RunReport`] from events.
+pub struct Recorder {
+    /// The report so far.
+    pub report: RunReport,
+    start: Instant,
+}
+
+impl Recorder {
+    /// An empty report starting now, with the given properties.
+    pub fn new(properties: BTreeMap<String, String>) -> Recorder {
+        Recorder {
+            report: RunReport {
+                schema_version: SCHEMA_VERSION,
+                nodegate_version: env!("CARGO_PKG_VERSION").into(),
+                started: format_time(SystemTime::now()),
+                finished: None,
+                duration_secs: 0.0,
+                verdict: "running".into(),
+                exit_code: None,
+                stop: None,
+                properties,
+                phases: Vec::new(),
+                checks: Vec::new(),
+                summary: Summary::default(),
+                artifacts: BTreeMap::new(),
+            },
+            start: Instant::now(),
+        }
+    }
+
+    /// Takes one event into the report.
+    pub fn record(&mut self, e: &Event) {
+        let r = &mut self.report;
+        r.duration_secs = self.start.elapsed().as_secs_f64();
+        match e {
+            Event::RunStarted { .. } | Event::CheckStarted { .. } | Event::CheckRetrying { .. } => {
+            }
+            Event::PhaseStarted { phase, detail } => r.phases.push(PhaseReport {
+                name: phase.as_str().into(),
+                detail: detail.clone(),
+                duration_secs: None,
+                error: None,
+            }),
+            Event::PhaseFinished {
+                phase,
+                duration,
+                error,
+            } => {
+                if let Some(p) = r
+                    .phases
+                    .iter_mut()
+                    .rev()
+                    .find(|p| p.name == phase.as_str() && p.duration_secs.is_none())
+                {
+                    p.duration_secs = Some(duration.as_secs_f64());
+                    p.error = error.clone();
+                }
+            }
+            Event::Property { name, value } => {
+                r.properties.insert(name.clone(), value.clone());
+            }
+            Event::Artifact { name, path } => {
+                r.artifacts.insert(name.clone(), path.clone());
+            }
+            Event::CheckFinished(rec) => {
+                let s = &mut r.summary;
+                s.total += 1;
+                match rec.status {
+                    Status::Passed => s.passed += 1,
+                    Status::Failed => s.failed += 1,
+                    Status::Flaky => s.flaky += 1,
+                    Status::NotRun => s.not_run += 1,
+                    Status::Ignored => s.ignored += 1,
+                }
+                r.checks.push(CheckReport::from_record(rec));
+            }
+            Event::RunFinished { stop, exit_code } => {
+                r.finished = Some(format_time(SystemTime::now()));
+                r.exit_code = Some(*exit_code);
+                r.verdict = verdict(*exit_code).into();
+                r.stop = stop.as_ref().map(|s| StopReport {
+                    kind: s.kind.as_str().into(),
+                    phase: s.phase.as_str().into(),
+                    reason: s.reason.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The verdict word for an exit code.
+pub fn verdict(code: i32) -> &'static str {
+    match code {
+        crate::exit::PASS => "passed",
+        crate::exit::CHECKS_FAILED => "failed",
+        crate::exit::INTEGRITY => "integrity",
+        crate::exit::INTERRUPTED => "interrupted",
+        _ => "error",
+    }
+}

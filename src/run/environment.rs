@@ -1,0 +1,427 @@
+//! The real [`Environment`]: boots VMs from the verified image, starts the control plane,
+//! joins nodes, and collects logs. Each VM is a [`Machine`] guard.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{self, BootstrapToken, ControlPlane, JoinConfig, JoinMethod, JoinedNode};
+use crate::exit;
+use crate::profile::JoinMethodName;
+use crate::runner::{Environment, Event, Phase, Stop, StopKind};
+use crate::ssh::SshSession;
+use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verification};
+use crate::vm::{Boot, Vm, VmConfig};
+
+use super::{artifacts, RunConfig};
+
+/// One booted VM and what belongs to it. Fields drop in order: the Node and its token
+/// first, then the session, then the VM.
+pub struct Machine {
+    joined: Option<(JoinedNode, BootstrapToken)>,
+    ssh: SshSession,
+    vm: Vm,
+    /// Node name (and artifacts sub-folder).
+    pub name: String,
+}
+
+/// The run's VMs and control plane.
+pub struct NodeEnvironment<'c> {
+    config: &'c RunConfig,
+    /// The pre-boot verification.
+    pub verification: Verification,
+    disk: PathBuf,
+    boot: Option<Boot>,
+    will_join: bool,
+    cp: Option<ControlPlane>,
+    cp_failed: Option<Stop>,
+    shared: Option<Machine>,
+    shared_failed: Option<Stop>,
+    fresh: Option<Machine>,
+    machines: usize,
+    run_id: String,
+}
+
+fn stop(kind: StopKind, phase: Phase, reason: String) -> Stop {
+    Stop {
+        kind,
+        phase,
+        reason,
+    }
+}
+
+fn classify(code: i32) -> StopKind {
+    if code == exit::INTERRUPTED {
+        StopKind::Interrupted
+    } else {
+        StopKind::Infrastructure
+    }
+}
+
+/// Times `f` as `phase`, emitting start and finish.
+fn phase<T>(
+    emit: &mut dyn FnMut(Event),
+    phase: Phase,
+    detail: String,
+    f: impl FnOnce(&mut dyn FnMut(Event)) -> Result<T, Stop>,
+) -> Result<T, Stop> {
+    emit(Event::PhaseStarted { phase, detail });
+    let t = Instant::now();
+    let r = f(emit);
+    emit(Event::PhaseFinished {
+        phase,
+        duration: t.elapsed(),
+        error: r.as_ref().err().map(|s| s.reason.clone()),
+    });
+    r
+}
+
+impl<'c> NodeEnvironment<'c> {
+    /// An environment for `config`; `will_join` starts the control plane before the
+    /// first boot (the VM needs its forward from the start).
+    pub fn new(
+        config: &'c RunConfig,
+        verification: Verification,
+        disk: PathBuf,
+        boot: Option<Boot>,
+        will_join: bool,
+    ) -> NodeEnvironment<'c> {
+        let mut raw = [0u8; 3];
+        let _ = getrandom::fill(&mut raw);
+        NodeEnvironment {
+            config,
+            verification,
+            disk,
+            boot,
+            will_join,
+            cp: None,
+            cp_failed: None,
+            shared: None,
+            shared_failed: None,
+            fresh: None,
+            machines: 0,
+            run_id: hex::encode(raw),
+        }
+    }
+
+    fn control_plane(&mut self, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        if self.cp.is_some() {
+            return Ok(());
+        }
+        if let Some(s) = &self.cp_failed {
+            return Err(s.clone());
+        }
+        let cfg = self.config.control_plane.clone();
+        let r = phase(emit, Phase::ControlPlane, cfg.kind().to_string(), |emit| {
+            let cp = cfg
+                .start()
+                .map_err(|e| stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string()))?;
+            emit(Event::Property {
+                name: "control_plane".into(),
+                value: cp.provider.to_string(),
+            });
+            if let Some(v) = cp
+                .kubectl
+                .json(&["version"])
+                .ok()
+                .and_then(|v| v["serverVersion"]["gitVersion"].as_str().map(String::from))
+            {
+                emit(Event::Property {
+                    name: "kubernetes.version".into(),
+                    value: v,
+                });
+            }
+            Ok(cp)
+        });
+        match r {
+            Ok(cp) => {
+                self.cp = Some(cp);
+                Ok(())
+            }
+            Err(s) => {
+                self.cp_failed = Some(s.clone());
+                Err(s)
+            }
+        }
+    }
+
+    /// Boots a new machine (and joins it when `join`).
+    fn machine(&mut self, join: bool, emit: &mut dyn FnMut(Event)) -> Result<Machine, Stop> {
+        if let Verification::Refused(e) = &self.verification {
+            return Err(stop(
+                StopKind::Integrity,
+                Phase::Verify,
+                format!("image refused at verification, nothing booted: {e}"),
+            ));
+        }
+        let boot = self.boot.clone().ok_or_else(|| {
+            stop(
+                StopKind::Infrastructure,
+                Phase::Boot,
+                "no boot method: the manifest has no kernel and no disk".into(),
+            )
+        })?;
+        if self.will_join {
+            self.control_plane(emit)?;
+        }
+        self.machines += 1;
+        let name = format!("nodegate-{}-{}", self.run_id, self.machines);
+        let p = &self.config.profile;
+        let temp = tempfile::Builder::new()
+            .prefix("nodegate-run.")
+            .tempdir()
+            .map_err(|e| {
+                stop(
+                    StopKind::Infrastructure,
+                    Phase::Boot,
+                    format!("temporary folder: {e}"),
+                )
+            })?;
+        let mut vc = VmConfig::new(&name, self.disk.clone(), boot, temp.path().to_owned());
+        vc.accel = self.config.accel;
+        vc.vcpus = p.vm.vcpus;
+        vc.memory_mib = p.vm.memory_mib;
+        vc.ssh_user = p.ssh.user.clone();
+        vc.timeouts.ssh = p.budgets.ssh;
+        vc.timeouts.ready = p.budgets.ready;
+        if let Some(cp) = &self.cp {
+            vc.forwards.push(cp.forward());
+        }
+        let detail = format!("{} ({} boot)", name, vc.boot.kind());
+        let (vm, ssh) = phase(emit, Phase::Boot, detail, |emit| {
+            let fail =
+                |e: crate::vm::VmError| stop(classify(e.exit_code()), Phase::Boot, e.to_string());
+            let mut vm = Vm::start(vc, Some(temp)).map_err(fail)?;
+            emit(Event::Property {
+                name: "accel".into(),
+                value: vm.accel.accel.as_str().into(),
+            });
+            emit(Event::Property {
+                name: "accel.reason".into(),
+                value: vm.accel.reason.clone(),
+            });
+            match vm.wait_ready() {
+                Ok(ssh) => {
+                    let t = vm.timings;
+                    for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
+                        if let Some(v) = v {
+                            emit(Event::Property {
+                                name: format!("boot.{k}_secs"),
+                                value: format!("{:.1}", v.as_secs_f64()),
+                            });
+                        }
+                    }
+                    Ok((vm, ssh))
+                }
+                Err(e) => {
+                    let s = fail(e);
+                    artifacts::keep_console(&vm, &self.config.artifacts, &name, emit);
+                    Err(s)
+                }
+            }
+        })?;
+        let mut m = Machine {
+            joined: None,
+            ssh,
+            vm,
+            name,
+        };
+        if join {
+            self.join(&mut m, emit)?;
+        }
+        Ok(m)
+    }
+
+    fn join(&mut self, m: &mut Machine, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        self.control_plane(emit)?;
+        let cp = self.cp.as_ref().expect("started");
+        let p = &self.config.profile;
+        let method = match p.join.method {
+            JoinMethodName::Kubeadm => JoinMethod::Kubeadm {
+                ignore_preflight_errors: p.join.ignore_preflight_errors.clone(),
+            },
+            JoinMethodName::BootstrapKubeconfig => JoinMethod::BootstrapKubeconfig {
+                path: p.join.path.clone().unwrap_or_default(),
+            },
+            JoinMethodName::Script => JoinMethod::Script {
+                path: p.join.path.clone().unwrap_or_default(),
+            },
+        };
+        let mut jc = JoinConfig::new(&m.name, method);
+        jc.budget = p.budgets.join;
+        let detail = format!(
+            "{} by {} to the {} control plane",
+            m.name,
+            jc.method.name(),
+            cp.provider
+        );
+        let artifacts_dir = self.config.artifacts.clone();
+        let r = phase(emit, Phase::Join, detail, |emit| {
+            let fail = |e: cluster::ClusterError| {
+                stop(classify(e.exit_code()), Phase::Join, e.to_string())
+            };
+            let token = cp.create_token(Duration::from_secs(3600)).map_err(fail)?;
+            match cluster::join(cp, &token, &mut m.ssh, &jc) {
+                Ok(node) => {
+                    emit(Event::Property {
+                        name: "join.ready_secs".into(),
+                        value: format!("{:.1}", node.timings.ready.as_secs_f64()),
+                    });
+                    Ok((node, token))
+                }
+                Err(e) => {
+                    let s = fail(e);
+                    artifacts::collect_logs(m, &artifacts_dir, &self.config.profile, emit);
+                    Err(s)
+                }
+            }
+        })?;
+        m.joined = Some(r);
+        Ok(())
+    }
+
+    fn release(&mut self, m: Machine, emit: &mut dyn FnMut(Event)) {
+        artifacts::keep_console(&m.vm, &self.config.artifacts, &m.name, emit);
+        let t = Instant::now();
+        emit(Event::PhaseStarted {
+            phase: Phase::Teardown,
+            detail: m.name.clone(),
+        });
+        drop(m);
+        emit(Event::PhaseFinished {
+            phase: Phase::Teardown,
+            duration: t.elapsed(),
+            error: None,
+        });
+    }
+
+    /// Tears down every machine and then the control plane.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
+        if let Some(m) = self.fresh.take() {
+            self.release(m, emit);
+        }
+        if let Some(m) = self.shared.take() {
+            self.release(m, emit);
+        }
+        if let Some(cp) = self.cp.take() {
+            let t = Instant::now();
+            emit(Event::PhaseStarted {
+                phase: Phase::Teardown,
+                detail: "control plane".into(),
+            });
+            drop(cp);
+            emit(Event::PhaseFinished {
+                phase: Phase::Teardown,
+                duration: t.elapsed(),
+                error: None,
+            });
+        }
+    }
+}
+
+impl Environment for NodeEnvironment<'_> {
+    fn prepare(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        if need == Need::Manifest {
+            return Ok(());
+        }
+        if let Some(s) = &self.shared_failed {
+            return Err(s.clone());
+        }
+        let r = match self.shared.take() {
+            None => self.machine(need == Need::Node, emit),
+            Some(mut m) => {
+                if need == Need::Node && m.joined.is_none() {
+                    self.join(&mut m, emit).map(|_| m)
+                } else {
+                    Ok(m)
+                }
+            }
+        };
+        match r {
+            Ok(m) => {
+                self.shared = Some(m);
+                Ok(())
+            }
+            Err(s) => {
+                self.shared_failed = Some(s.clone());
+                Err(s)
+            }
+        }
+    }
+
+    fn prepare_fresh(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        if let Some(m) = self.fresh.take() {
+            self.release(m, emit);
+        }
+        if need == Need::Manifest {
+            return Ok(());
+        }
+        let m = self.machine(need == Need::Node, emit)?;
+        self.fresh = Some(m);
+        Ok(())
+    }
+
+    fn release_fresh(&mut self, emit: &mut dyn FnMut(Event)) {
+        if let Some(m) = self.fresh.take() {
+            self.release(m, emit);
+        }
+    }
+
+    fn run(&mut self, check: &Check, attempt: &mut Attempt) -> Result<(), Failure> {
+        let machine = if check.destructive {
+            self.fresh.as_mut()
+        } else {
+            self.shared.as_mut()
+        };
+        let kubectl = self.cp.as_ref().map(|cp| &cp.kubectl);
+        let (guest, member) = match machine {
+            Some(m) => {
+                let member = match (&m.joined, kubectl) {
+                    (Some((node, _)), Some(kubectl)) => Some(Member { kubectl, node }),
+                    _ => None,
+                };
+                (
+                    Some(Guest {
+                        vm: &m.vm,
+                        ssh: &mut m.ssh,
+                    }),
+                    member,
+                )
+            }
+            None => (None, None),
+        };
+        let mut env = CheckEnv {
+            verification: &self.verification,
+            guest,
+            member,
+        };
+        check.run(&mut env, attempt)
+    }
+
+    fn on_failure(&mut self, check: &Check, emit: &mut dyn FnMut(Event)) {
+        let m = if check.destructive {
+            self.fresh.as_mut()
+        } else {
+            self.shared.as_mut()
+        };
+        if let Some(m) = m {
+            artifacts::collect_logs(m, &self.config.artifacts, &self.config.profile, emit);
+        }
+    }
+}
+
+impl Machine {
+    /// The session (for log collection).
+    pub fn ssh(&mut self) -> &mut SshSession {
+        &mut self.ssh
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+/// The artifacts sub-folder of a machine.
+pub fn machine_dir(artifacts: &Path, name: &str) -> PathBuf {
+    artifacts.join(name)
+}

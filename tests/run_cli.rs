@@ -1,0 +1,397 @@
+//! `nodegate run` without a VM: check selection (--list and its filters), bad suites and
+//! profiles, the pre-boot integrity refusals of the test bed's negative fixtures as
+//! failing testcases in JUnit/JSON, `report merge` and `doctor`. Needs the signed test bed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use quick_junit::{Report, TestCaseStatus};
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn list(extra: &[&str]) -> Vec<String> {
+    let suites = repo("suites");
+    let mut args = vec!["run", "--list", "--suites", suites.as_str()];
+    args.extend(extra);
+    let r = common::ok(&args, Path::new("."));
+    r.stdout
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn list_and_filters_select_like_cargo_test() {
+    let all = list(&[]);
+    assert!(all.len() >= 20, "{all:?}");
+    assert!(all.contains(&"kubelet::node_ready".to_string()));
+    let kubelet = list(&["kubelet::"]);
+    assert!(!kubelet.is_empty() && kubelet.iter().all(|c| c.starts_with("kubelet::")));
+    assert_eq!(
+        list(&["--exact", "kubelet::version"]),
+        vec!["kubelet::version"]
+    );
+    assert!(list(&["--exact", "kubelet::versio"]).is_empty());
+    let skipped = list(&["--skip", "kubelet::"]);
+    assert_eq!(skipped.len() + kubelet.len(), all.len());
+    let versions = list(&["--tag", "version"]);
+    assert!(
+        versions.contains(&"containerd::version".to_string()),
+        "{versions:?}"
+    );
+    assert!(!versions.contains(&"containerd::service_active".to_string()));
+    let no_versions = list(&["--skip-tag", "version"]);
+    assert_eq!(no_versions.len() + versions.len(), all.len());
+    assert!(list(&["--suite", "agent"])
+        .iter()
+        .all(|c| c.starts_with("agent::")));
+    // Shards partition the checks: every check in exactly one of three.
+    let mut shards: Vec<String> = (1..=3)
+        .flat_map(|m| list(&["--partition", &format!("hash:{m}/3")]))
+        .collect();
+    shards.sort();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(shards, sorted);
+}
+
+#[test]
+fn bad_selections_are_usage_errors() {
+    let suites = repo("suites");
+    let r = common::run(
+        &["run", "--list", "--suites", &suites, "--suite", "nope"],
+        Path::new("."),
+    );
+    common::assert_refused(&r, 2, "--suite nope", "no such suite");
+    let r = common::run(
+        &["run", "--list", "--partition", "hash:4/3"],
+        Path::new("."),
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("expected hash:M/N"), "{}", r.stderr);
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> String {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// `nodegate run` of a signed test bed release with the repo's profile and suites.
+    fn run(&self, release: &str, extra: &[&str]) -> common::Run {
+        let signed = common::testbed("signed", "trust");
+        let manifest = signed.join(release).join("node.manifest.json");
+        let trust = signed.join("trust");
+        let (suites, profile) = (repo("suites"), repo("profiles/debian-fixture.toml"));
+        let junit = self.path("out/junit.xml");
+        let json = self.path("out/report.json");
+        let mut args = vec![
+            "run",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--trust",
+            trust.to_str().unwrap(),
+            "--profile",
+            &profile,
+            "--suites",
+            &suites,
+            "--junit",
+            junit.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        common::run(&args, self.dir.path())
+    }
+
+    fn junit(&self) -> Report {
+        let text = std::fs::read_to_string(self.path("out/junit.xml")).unwrap();
+        Report::deserialize_from_str(&text).unwrap()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path("out/report.json")).unwrap())
+            .unwrap()
+    }
+}
+
+/// The failure message of `suite::name` in a JUnit report; panics if it did not fail.
+fn failure(r: &Report, suite: &str, name: &str) -> String {
+    let s = r
+        .test_suites
+        .iter()
+        .find(|s| s.name.as_str() == suite)
+        .unwrap_or_else(|| panic!("no testsuite {suite}"));
+    let c = s
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == name)
+        .unwrap_or_else(|| panic!("no testcase {suite}::{name}"));
+    match &c.status {
+        TestCaseStatus::NonSuccess { message, .. } => {
+            message.as_ref().map(|m| m.to_string()).unwrap_or_default()
+        }
+        other => panic!("{suite}::{name} did not fail: {other:?}"),
+    }
+}
+
+fn statuses(json: &serde_json::Value) -> Vec<(String, String)> {
+    json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_fails_artifact_digests_and_nothing_boots() {
+    let c = Case::new();
+    let r = c.run("neg/flipped-byte", &["--suite", "integrity"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let junit = c.junit();
+    let m = failure(&junit, "integrity", "artifact_digests");
+    assert!(
+        m.contains("root.qcow2: sha256") && m.contains("content modified"),
+        "{m}"
+    );
+    assert!(
+        m.contains("(expected 98c37") || m.contains("(expected "),
+        "{m}"
+    );
+    let json = c.json();
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["verdict"], "integrity");
+    assert_eq!(json["exit_code"], 4);
+    assert_eq!(json["stop"]["kind"], "integrity");
+    let st = statuses(&json);
+    assert!(
+        st.contains(&("integrity::signature".into(), "passed".into())),
+        "{st:?}"
+    );
+    assert!(
+        st.contains(&("integrity::guest_files".into(), "not-run".into())),
+        "{st:?}"
+    );
+    assert!(json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["name"] != "boot"));
+    assert_eq!(json["properties"]["image.signed"], "false");
+}
+
+#[test]
+fn an_expired_manifest_fails_not_expired() {
+    let c = Case::new();
+    let r = c.run(
+        "neg/expired",
+        &["--suite", "integrity", "--tag", "pre-boot"],
+    );
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let m = failure(&c.junit(), "integrity", "not_expired");
+    assert!(m.contains("manifest expired at"), "{m}");
+}
+
+#[test]
+fn an_unknown_key_fails_the_signature_and_what_follows_is_unverified() {
+    let c = Case::new();
+    let r = c.run(
+        "neg/unknown-key",
+        &["--suite", "integrity", "--tag", "pre-boot"],
+    );
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let junit = c.junit();
+    assert!(failure(&junit, "integrity", "signature").contains("which the trust store"));
+    assert!(failure(&junit, "integrity", "artifact_digests").contains("not verified"));
+}
+
+#[test]
+fn a_rollback_below_min_version_fails_no_rollback() {
+    let c = Case::new();
+    let r = c.run(
+        "v1-direct",
+        &[
+            "--suite",
+            "integrity",
+            "--tag",
+            "pre-boot",
+            "--min-version",
+            "2",
+        ],
+    );
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let m = failure(&c.junit(), "integrity", "no_rollback");
+    assert!(m.contains("expected version >= 2, found 1"), "{m}");
+}
+
+#[test]
+fn a_verified_image_passes_the_pre_boot_checks_without_booting() {
+    let c = Case::new();
+    let r = c.run("v1-direct", &["--tag", "pre-boot"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("test integrity::artifact_digests ... ok"),
+        "{}",
+        r.stdout
+    );
+    let json = c.json();
+    assert_eq!(json["verdict"], "passed");
+    assert_eq!(json["summary"]["passed"], 4);
+    assert_eq!(json["properties"]["image.signed"], "true");
+    assert_eq!(json["properties"]["image.name"], "nodegate-node");
+    assert!(
+        json["properties"]["image.manifest_sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+    assert!(c.path("nodegate-artifacts/profile.toml").is_file());
+}
+
+#[test]
+fn shard_reports_merge_into_one_and_overlaps_are_refused() {
+    let c = Case::new();
+    let mut files = Vec::new();
+    for m in 1..=2 {
+        let p = format!("hash:{m}/2");
+        let r = c.run(
+            "neg/flipped-byte",
+            &["--tag", "pre-boot", "--partition", &p],
+        );
+        assert!(r.code == 0 || r.code == 4, "{}{}", r.stdout, r.stderr);
+        let dest = c.path(&format!("shard{m}.xml"));
+        std::fs::rename(c.path("out/junit.xml"), &dest).unwrap();
+        files.push(dest.display().to_string());
+    }
+    let out = c.path("all.xml").display().to_string();
+    let r = common::run(
+        &["report", "merge", &files[0], &files[1], "-o", &out],
+        Path::new("."),
+    );
+    assert_eq!(
+        r.code, 1,
+        "one digest failure in the merged report: {}{}",
+        r.stdout, r.stderr
+    );
+    let merged = Report::deserialize_from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(merged.tests, 4);
+    assert_eq!(merged.failures, 1);
+    assert!(failure(&merged, "integrity", "artifact_digests").contains("content modified"));
+    let r = common::run(
+        &["report", "merge", &files[0], &files[0], "-o", &out],
+        Path::new("."),
+    );
+    common::assert_refused(&r, 3, "shard1.xml", "overlapping shards");
+    let junk = c.write("junk.xml", "not xml");
+    let r = common::run(&["report", "merge", &junk, "-o", &out], Path::new("."));
+    common::assert_refused(&r, 3, "junk.xml", "not JUnit XML");
+}
+
+#[test]
+fn a_misspelt_profile_key_names_file_line_and_key() {
+    let c = Case::new();
+    let p = c.write("p.toml", "name = \"x\"\n[services]\nkubelett = \"k\"\n");
+    let signed = common::testbed("signed", "trust");
+    let m = signed.join("v1-direct/node.manifest.json");
+    let r = common::run(
+        &[
+            "run",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--allow-unsigned",
+            "--profile",
+            &p,
+        ],
+        c.dir.path(),
+    );
+    common::assert_refused(&r, 3, "p.toml:3:1", "unknown field `kubelett`");
+    assert!(!c.path("nodegate-artifacts").exists(), "nothing started");
+}
+
+#[test]
+fn a_suite_with_an_unknown_variable_is_refused_before_boot() {
+    let c = Case::new();
+    let s = c.write(
+        "suites/x.toml",
+        "name = \"x\"\n[[check]]\nname = \"v\"\ndescription = \"d\"\nrun = \"echo ${manifest.components.kublet}\"\n",
+    );
+    let r = c.run("v1-direct", &["--suites", &s]);
+    common::assert_refused(
+        &r,
+        3,
+        "x.toml: check `v`",
+        "unknown variable `${manifest.components.kublet}`",
+    );
+    let s = c.write(
+        "suites/y.toml",
+        "name = \"y\"\n[[check]]\nname = \"v\"\ndescription = \"d\"\nrun = \"true\"\nexpect = { stdout_has = [\"a\"] }\n",
+    );
+    let r = c.run("v1-direct", &["--suites", &s]);
+    common::assert_refused(&r, 3, "y.toml:6:", "unknown field `stdout_has`");
+}
+
+#[test]
+fn a_run_without_manifest_or_image_is_a_usage_error() {
+    let profile = repo("profiles/debian-fixture.toml");
+    let r = common::run(&["run", "--profile", &profile], Path::new("."));
+    common::assert_refused(&r, 2, "--manifest", "required");
+    let r = common::run(
+        &[
+            "run",
+            "--profile",
+            &profile,
+            "--allow-unsigned",
+            "--image",
+            "/nonexistent.qcow2",
+        ],
+        Path::new("."),
+    );
+    common::assert_refused(&r, 3, "/nonexistent.qcow2", "No such file");
+}
+
+#[test]
+fn doctor_reports_what_this_machine_can_do() {
+    let r = common::run(&["doctor"], Path::new("."));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for item in [
+        "qemu ",
+        "kvm ",
+        "ovmf ",
+        "local control plane ",
+        "memory ",
+        "disk ",
+    ] {
+        assert!(r.stdout.contains(item), "{item}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains("QEMU emulator version"), "{}", r.stdout);
+}

@@ -1,0 +1,344 @@
+//! `nodegate run` end to end on the test bed: the full flow on image v1 with the local
+//! control plane (every suite passes; JUnit and JSON checked), the runner's retries,
+//! flaky marking and timeouts against a real guest, and an interrupted run. Needs the test
+//! bed (`fixtures/build`); VM tests are serialized because the machine has 2 cores.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use quick_junit::{Report, TestCaseStatus};
+
+static VM: Mutex<()> = Mutex::new(());
+
+fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn qemu_count() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("nodegate-"))
+                .unwrap_or(false)
+                && std::fs::read_to_string(e.path().join("comm"))
+                    .map(|c| c.starts_with("qemu-system"))
+                    .unwrap_or(false)
+        })
+        .count()
+}
+
+struct Out {
+    dir: tempfile::TempDir,
+}
+
+impl Out {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let signed = common::testbed("signed", "trust");
+        vec![
+            "run".into(),
+            "--manifest".into(),
+            signed
+                .join("v1-direct/node.manifest.json")
+                .display()
+                .to_string(),
+            "--trust".into(),
+            signed.join("trust").display().to_string(),
+            "--profile".into(),
+            repo("profiles/debian-fixture.toml"),
+            "--junit".into(),
+            self.path("junit.xml").display().to_string(),
+            "--json".into(),
+            self.path("report.json").display().to_string(),
+            "--artifacts".into(),
+            self.path("artifacts").display().to_string(),
+            "--accel".into(),
+            "tcg".into(),
+        ]
+    }
+
+    fn junit(&self) -> Report {
+        Report::deserialize_from_str(&std::fs::read_to_string(self.path("junit.xml")).unwrap())
+            .unwrap()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.path("report.json")).unwrap()).unwrap()
+    }
+}
+
+fn out() -> Out {
+    Out {
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[test]
+fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let mut args = o.args();
+    args.extend([
+        "--suites".into(),
+        repo("suites"),
+        "--control-plane".into(),
+        "local".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("test kubelet::pinned_pod_runs ... ok"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("test result: ok."), "{}", r.stdout);
+
+    let junit = o.junit();
+    let names: Vec<&str> = junit.test_suites.iter().map(|s| s.name.as_str()).collect();
+    for s in ["integrity", "containerd", "kubelet", "agent"] {
+        assert!(names.contains(&s), "{names:?}");
+    }
+    assert_eq!(junit.failures + junit.errors + junit.skipped, 0);
+    let listed = common::ok(
+        &["run", "--list", "--suites", &repo("suites")],
+        Path::new("."),
+    );
+    assert_eq!(junit.tests, listed.stdout.matches(": test").count());
+    let props = &junit.test_suites[0].properties;
+    let prop = |n: &str| {
+        props
+            .iter()
+            .find(|p| p.name.as_str() == n)
+            .map(|p| p.value.to_string())
+            .unwrap_or_else(|| panic!("no property {n}"))
+    };
+    assert_eq!(prop("image.name"), "nodegate-node");
+    assert_eq!(prop("image.version"), "1");
+    assert_eq!(prop("image.signed"), "true");
+    assert_eq!(prop("accel"), "tcg");
+    assert_eq!(prop("control_plane"), "local");
+    assert_eq!(prop("kubernetes.version"), "v1.20.2");
+    assert_eq!(prop("image.disk_sha256").len(), 64);
+    assert_eq!(prop("nodegate.version"), env!("CARGO_PKG_VERSION"));
+    // Output of the guest's commands lands in system-out.
+    let kubelet = junit
+        .test_suites
+        .iter()
+        .find(|s| s.name.as_str() == "kubelet")
+        .unwrap();
+    let version = kubelet
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == "version")
+        .unwrap();
+    let out = version.system_out.as_ref().unwrap().to_string();
+    assert!(out.contains("Kubernetes v1.20.2"), "{out}");
+
+    let json = o.json();
+    assert_eq!(json["verdict"], "passed");
+    assert_eq!(json["exit_code"], 0);
+    assert!(json["finished"].is_string());
+    let phases: Vec<&str> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["verify", "control-plane", "boot", "join", "teardown"] {
+        assert!(phases.contains(&p), "{phases:?}");
+    }
+    assert!(json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["duration_secs"].is_number()));
+    // The destructive check had a VM (and a Node) of its own: two boots, two joins.
+    assert_eq!(
+        phases.iter().filter(|p| **p == "boot").count(),
+        2,
+        "{phases:?}"
+    );
+    let console = json["artifacts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("/console"))
+        .map(|(_, v)| PathBuf::from(v.as_str().unwrap()))
+        .expect("a console artifact");
+    assert!(std::fs::read_to_string(console)
+        .unwrap()
+        .contains("Linux version"));
+    assert!(o.path("artifacts/profile.toml").is_file());
+    assert_eq!(qemu_count(), 0, "no QEMU left behind");
+}
+
+#[test]
+fn retries_mark_flaky_checks_and_timeouts_say_what_they_waited_for() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let suite = o.path("suites/behaviour.toml");
+    std::fs::create_dir_all(suite.parent().unwrap()).unwrap();
+    std::fs::write(
+        &suite,
+        r#"name = "behaviour"
+[[check]]
+name = "flaky"
+description = "Fails the first time, passes the second."
+run = "if [ -e /run/ng-flaky ]; then echo second; else touch /run/ng-flaky; echo first; exit 3; fi"
+expect = { stdout = "second" }
+
+[[check]]
+name = "slow"
+description = "Never finishes in time."
+timeout = "3s"
+run = "sleep 30"
+
+[[check]]
+name = "wrong"
+description = "Prints the wrong thing every time."
+run = "echo ${manifest.components.kubelet}"
+expect = { stdout = "v0.0.0" }
+"#,
+    )
+    .unwrap();
+    let mut args = o.args();
+    args.extend([
+        "--suites".into(),
+        suite.display().to_string(),
+        "--retries".into(),
+        "1".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("test behaviour::flaky ... FLAKY (passed on attempt 2)"),
+        "{}",
+        r.stdout
+    );
+
+    let json = o.json();
+    let check = |name: &str| {
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check("flaky")["status"], "flaky");
+    assert_eq!(check("flaky")["attempts"].as_array().unwrap().len(), 2);
+    let slow = check("slow");
+    assert_eq!(slow["status"], "failed");
+    assert!(
+        slow["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 3s waiting for"),
+        "{slow}"
+    );
+    assert!(
+        slow["duration_secs"].as_f64().unwrap() < 20.0,
+        "both attempts bounded: {slow}"
+    );
+    let wrong = check("wrong");
+    assert_eq!(wrong["expected"], "v0.0.0");
+    assert_eq!(wrong["actual"], "v1.20.2");
+    assert_eq!(json["summary"]["flaky"], 1);
+    assert_eq!(json["summary"]["failed"], 2);
+    // No join was needed: no control plane phase.
+    assert!(json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["name"] != "join"));
+
+    let junit = o.junit();
+    let cases = &junit.test_suites[0].test_cases;
+    let case = |n: &str| cases.iter().find(|c| c.name.as_str() == n).unwrap();
+    match &case("flaky").status {
+        TestCaseStatus::Success { flaky_runs } => assert_eq!(flaky_runs.len(), 1),
+        other => panic!("flaky should be a success with a flaky run: {other:?}"),
+    }
+    match &case("wrong").status {
+        TestCaseStatus::NonSuccess {
+            message, reruns, ..
+        } => {
+            let m = message.as_ref().unwrap().to_string();
+            assert!(m.contains("(expected v0.0.0, found v1.20.2)"), "{m}");
+            assert_eq!(reruns.runs.len(), 1, "the first attempt is a rerunFailure");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(qemu_count(), 0);
+}
+
+#[test]
+fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let mut args = o.args();
+    args.extend([
+        "--suites".into(),
+        repo("suites"),
+        "--control-plane".into(),
+        "local".into(),
+    ]);
+    let child = common::nodegate()
+        .args(&args)
+        .current_dir(o.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the report shows the boot phase under way.
+    let t = Instant::now();
+    loop {
+        let booting = std::fs::read_to_string(o.path("report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|j| {
+                j["phases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "control-plane")
+            });
+        if booting && qemu_count() > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the run never reached the boot"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "{stdout}");
+    let json = o.json();
+    assert_eq!(json["verdict"], "interrupted");
+    assert_eq!(json["stop"]["kind"], "interrupted");
+    assert_eq!(json["summary"]["passed"], 4, "the pre-boot checks ran");
+    assert!(json["summary"]["not_run"].as_u64().unwrap() > 10);
+    let junit = o.junit();
+    assert!(junit.skipped > 10);
+    assert_eq!(qemu_count(), 0, "no QEMU left behind");
+}

@@ -395,3 +395,25 @@ fn doctor_reports_what_this_machine_can_do() {
     }
     assert!(r.stdout.contains("QEMU emulator version"), "{}", r.stdout);
 }
+
+#[test]
+fn fail_fast_stops_at_the_first_failure_and_reports_the_rest_as_not_run() {
+    let c = Case::new();
+    let r = c.run("neg/unknown-key", &["--suite", "integrity", "--fail-fast"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    let st = statuses(&json);
+    assert_eq!(st[0], ("integrity::signature".into(), "failed".into()));
+    assert!(st[1..].iter().all(|(_, s)| s == "not-run"), "{st:?}");
+    assert_eq!(json["stop"]["kind"], "fail-fast");
+    assert!(json["checks"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("fail-fast: integrity::signature failed"));
+    assert!(
+        r.stdout
+            .contains("test integrity::not_expired ... not run (fail-fast"),
+        "{}",
+        r.stdout
+    );
+}

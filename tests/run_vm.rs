@@ -21,17 +21,18 @@ fn repo(rel: &str) -> String {
         .to_string()
 }
 
+/// QEMU processes of nodegate VMs (their title is the VM name, so match the command line).
 fn qemu_count() -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("nodegate-"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.starts_with("qemu-system") && c.contains("-name nodegate-")
+                })
                 .unwrap_or(false)
-                && std::fs::read_to_string(e.path().join("comm"))
-                    .map(|c| c.starts_with("qemu-system"))
-                    .unwrap_or(false)
         })
         .count()
 }
@@ -288,6 +289,26 @@ expect = { stdout = "v0.0.0" }
     assert_eq!(qemu_count(), 0);
 }
 
+/// Interrupts (then kills) the run if the test fails before it does.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,13 +320,15 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
         "--control-plane".into(),
         "local".into(),
     ]);
-    let child = common::nodegate()
-        .args(&args)
-        .current_dir(o.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop(Some(
+        common::nodegate()
+            .args(&args)
+            .current_dir(o.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     // Wait until the report shows the boot phase under way.
     let t = Instant::now();
     loop {
@@ -329,8 +352,10 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output().unwrap();
+    let mut child = child;
+    let c = child.0.take().unwrap();
+    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    let output = c.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(130), "{stdout}");
     let json = o.json();
@@ -341,4 +366,102 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
     let junit = o.junit();
     assert!(junit.skipped > 10);
     assert_eq!(qemu_count(), 0, "no QEMU left behind");
+}
+
+/// An unsigned manifest (kernel, initrd, cmdline, disk) for a test bed layout, made in a
+/// temporary folder beside links to the layout's files (the test bed is never written:
+/// the run boots an overlay).
+fn unsigned_manifest(layout: &Path, dir: &Path) -> PathBuf {
+    for f in ["root.qcow2", "vmlinuz", "initrd.img", "cmdline"] {
+        // Hard links (manifest create refuses symlinks leaving the folder); copies across
+        // file systems.
+        if std::fs::hard_link(layout.join(f), dir.join(f)).is_err() {
+            std::fs::copy(layout.join(f), dir.join(f)).unwrap();
+        }
+    }
+    common::ok(&["keygen", "--out", "k"], dir);
+    common::ok(
+        &[
+            "manifest",
+            "create",
+            "--image",
+            "root.qcow2",
+            "--name",
+            "panic",
+            "--image-version",
+            "1",
+            "--key",
+            "k.pub",
+            "--artifact",
+            "kernel=vmlinuz",
+            "--artifact",
+            "initrd=initrd.img",
+            "--artifact",
+            "cmdline=cmdline",
+            "--component",
+            "containerd=1.6.20~ds1",
+            "--out",
+            "node.manifest.json",
+        ],
+        dir,
+    );
+    dir.join("node.manifest.json")
+}
+
+#[test]
+fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = common::testbed("image/neg/kernel-panic", "root.qcow2");
+    let o = out();
+    let manifest = unsigned_manifest(&layout, o.dir.path());
+    let args = [
+        "run",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--allow-unsigned",
+        "--profile",
+        &repo("profiles/debian-fixture.toml"),
+        "--suites",
+        &repo("suites"),
+        "--suite",
+        "containerd",
+        "--accel",
+        "tcg",
+        "--json",
+        "report.json",
+        "--junit",
+        "junit.xml",
+        "--artifacts",
+        "artifacts",
+    ];
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    assert_eq!(json["verdict"], "error");
+    assert_eq!(json["stop"]["kind"], "infrastructure");
+    assert_eq!(json["stop"]["phase"], "boot");
+    assert!(
+        json["stop"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("kernel panic"),
+        "{json}"
+    );
+    assert_eq!(json["properties"]["image.allow_unsigned"], "true");
+    assert_eq!(json["properties"]["image.signed"], "false");
+    assert_eq!(json["summary"]["not_run"], json["summary"]["total"]);
+    let console = o
+        .path("artifacts")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let p = e.path().join("console.log");
+            p.is_file().then_some(p)
+        });
+    let console = console.expect("the console of the failed boot is kept");
+    assert!(std::fs::read_to_string(console)
+        .unwrap()
+        .contains("Kernel panic"));
+    assert_eq!(qemu_count(), 0);
 }

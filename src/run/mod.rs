@@ -289,6 +289,17 @@ pub fn execute(
             flatten("manifest", &value, &mut vars);
         }
     }
+    // Only what the selection can run is planned: a variable an unselected check uses
+    // (a component this manifest does not list) does not block the others.
+    let defs: Vec<SuiteDef> = defs
+        .into_iter()
+        .map(|mut s| {
+            s.checks.retain(|c| {
+                selection.decide(&s.name, &c.name, &c.tags, c.ignore.as_deref()) != Verdict::Out
+            });
+            s
+        })
+        .collect();
     let checks = runner::order(suite::plan(&defs, &vars)?);
     let (disk, boot) = disk_and_boot(config, &verification, manifest.as_ref());
     if matches!(verification, Verification::Unsigned(_)) && disk.as_os_str().is_empty() {
@@ -332,14 +343,20 @@ pub fn execute(
         .any(|c| c.need == Need::Node && matches!(selection.verdict(c), Verdict::Run));
     let mut env = NodeEnvironment::new(config, verification, disk, boot, will_join);
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
-    if let (None, Verification::Refused(e)) = (&stop, &env.verification) {
-        // Only pre-boot checks were selected: the refusal still decides the verdict.
-        stop = Some(runner::Stop {
-            kind: runner::StopKind::Integrity,
-            phase: Phase::Verify,
-            reason: format!("image refused at verification: {e}"),
-        });
-        code = runner::exit_code(stop.as_ref(), 0);
+    if let Verification::Refused(e) = &env.verification {
+        // A refused image is an integrity verdict whatever else stopped the run (only
+        // pre-boot checks selected, --fail-fast), unless a signal did.
+        let interrupted = stop.as_ref().map(|s| s.kind) == Some(runner::StopKind::Interrupted);
+        if !interrupted {
+            if stop.is_none() {
+                stop = Some(runner::Stop {
+                    kind: runner::StopKind::Integrity,
+                    phase: Phase::Verify,
+                    reason: format!("image refused at verification: {e}"),
+                });
+            }
+            code = exit::INTEGRITY;
+        }
     }
     env.finish(&mut emit);
     emit(Event::RunFinished {

@@ -17,8 +17,6 @@ pub enum Phase {
     Join,
     /// The checks.
     Checks,
-    /// Logs and files collected from the guest.
-    Artifacts,
     /// Guards dropped: Node, token, VM, control plane.
     Teardown,
 }
@@ -32,7 +30,6 @@ impl Phase {
             Phase::Boot => "boot",
             Phase::Join => "join",
             Phase::Checks => "checks",
-            Phase::Artifacts => "artifacts",
             Phase::Teardown => "teardown",
         }
     }

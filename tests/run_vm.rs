@@ -21,8 +21,9 @@ fn repo(rel: &str) -> String {
         .to_string()
 }
 
-/// QEMU processes of nodegate VMs (their title is the VM name, so match the command line).
-fn qemu_count() -> usize {
+/// QEMU processes of nodegate VMs whose name contains `name` (their process title is the
+/// VM name, so match the command line).
+fn qemu_count_of(name: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -30,11 +31,23 @@ fn qemu_count() -> usize {
             std::fs::read(e.path().join("cmdline"))
                 .map(|c| {
                     let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                    c.starts_with("qemu-system") && c.contains("-name nodegate-")
+                    c.starts_with("qemu-system") && c.contains(name)
                 })
                 .unwrap_or(false)
         })
         .count()
+}
+
+/// QEMU processes of the VMs a run booted (named in its report's boot phases).
+fn leftover_qemus(report: &serde_json::Value) -> usize {
+    report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "boot")
+        .filter_map(|p| p["detail"].as_str()?.split(' ').next())
+        .map(qemu_count_of)
+        .sum()
 }
 
 struct Out {
@@ -183,7 +196,7 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         .unwrap()
         .contains("Linux version"));
     assert!(o.path("artifacts/profile.toml").is_file());
-    assert_eq!(qemu_count(), 0, "no QEMU left behind");
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 #[test]
@@ -286,7 +299,7 @@ expect = { stdout = "v0.0.0" }
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(qemu_count(), 0);
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 /// Interrupts (then kills) the run if the test fails before it does.
@@ -329,20 +342,13 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
             .spawn()
             .unwrap(),
     ));
-    // Wait until the report shows the boot phase under way.
+    // Wait until the report shows the boot phase under way and its QEMU runs.
     let t = Instant::now();
     loop {
-        let booting = std::fs::read_to_string(o.path("report.json"))
+        let report = std::fs::read_to_string(o.path("report.json"))
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|j| {
-                j["phases"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["name"] == "control-plane")
-            });
-        if booting && qemu_count() > 0 {
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        if report.as_ref().is_some_and(|r| leftover_qemus(r) > 0) {
             break;
         }
         assert!(
@@ -365,7 +371,7 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
     assert!(json["summary"]["not_run"].as_u64().unwrap() > 10);
     let junit = o.junit();
     assert!(junit.skipped > 10);
-    assert_eq!(qemu_count(), 0, "no QEMU left behind");
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 /// An unsigned manifest (kernel, initrd, cmdline, disk) for a test bed layout, made in a
@@ -463,5 +469,73 @@ fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
     assert!(std::fs::read_to_string(console)
         .unwrap()
         .contains("Kernel panic"));
-    assert_eq!(qemu_count(), 0);
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+#[test]
+fn injected_faults_fail_the_checks_that_look_for_them() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let mut args = o.args();
+    // The fault suite first: it runs before the real suites' guest checks on the same VM.
+    // Checks that need a joined node (tag `node`) are skipped: no control plane needed.
+    args.extend(
+        [
+            "--suites",
+            &repo("tests/data/faults/break-guest.toml"),
+            "--suites",
+            &repo("suites"),
+            "--skip-tag",
+            "node",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    let status = |id: &str| {
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{id} not in the report"))
+    };
+    assert_eq!(status("fault::inject"), "passed");
+    for id in [
+        "containerd::service_active",
+        "containerd::sandbox_image_present",
+        "containerd::runs_a_container",
+        "agent::service_active",
+        "agent::local_state",
+        "integrity::guest_files",
+        "integrity::containerd_executable",
+        "kubelet::swap_off",
+        "kubelet::sysctls",
+    ] {
+        assert_eq!(status(id), "failed", "{id} must catch the fault");
+    }
+    // What the faults do not touch still passes: the checks are specific.
+    for id in [
+        "containerd::version",
+        "agent::version",
+        "kubelet::version",
+        "kubelet::kernel_modules",
+    ] {
+        assert_eq!(status(id), "passed", "{id}");
+    }
+    assert!(json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["name"] != "join"));
+    // Failures collect the guest's logs.
+    assert!(json["artifacts"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.ends_with("/containerd")));
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }

@@ -59,7 +59,10 @@ impl ReportWriter {
         self.recorder.record(e);
         if matches!(
             e,
-            Event::PhaseFinished { .. } | Event::CheckFinished(_) | Event::RunFinished { .. }
+            Event::PhaseStarted { .. }
+                | Event::PhaseFinished { .. }
+                | Event::CheckFinished(_)
+                | Event::RunFinished { .. }
         ) {
             self.flush();
         }

@@ -105,6 +105,14 @@ const SPECS: &[Spec] = &[
         destructive: false,
     },
     Spec {
+        name: "pod-serves",
+        need: Need::Node,
+        required: &["image", "cidr"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
         name: "pod-runs",
         need: Need::Node,
         required: &["image", "command", "output"],
@@ -193,6 +201,7 @@ impl Builtin {
             "node-info" => cluster_checks::node_info(self, env, attempt),
             "node-taints" => cluster_checks::node_taints(self, env, attempt),
             "pod-runs" => cluster_checks::pod_runs(self, env, attempt),
+            "pod-serves" => cluster_checks::pod_serves(self, env, attempt),
             other => Err(Failure::new(format!("unknown builtin `{other}`"))),
         }
     }

@@ -171,13 +171,19 @@ impl Drop for PodGuard<'_> {
     }
 }
 
-/// `pod-runs`: a pod pinned to the node runs `command` in `image` to completion and its
-/// log (read on the node) contains `output`.
-pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-    let m = member(env)?;
-    let kubectl = m.kubectl;
-    let node = m.node.name().to_string();
-    let name = format!("nodegate-pod-{}", std::process::id());
+/// Creates a pod pinned to the node running `sh -c command` in `image`; the guard
+/// deletes it.
+fn create_pod<'k>(
+    kubectl: &'k Kubectl,
+    node: &str,
+    suffix: &str,
+    image: &str,
+    command: &str,
+    attempt: &mut Attempt,
+) -> Result<PodGuard<'k>, Failure> {
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("nodegate-{suffix}-{}-{n}", std::process::id());
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
@@ -186,8 +192,8 @@ pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
             "restartPolicy": "Never",
             "tolerations": [{"operator": "Exists"}],
             "containers": [{
-                "name": "c", "image": b.param("image"), "imagePullPolicy": "Never",
-                "command": ["sh", "-c", b.param("command")],
+                "name": "c", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", command],
             }],
         },
     });
@@ -195,46 +201,79 @@ pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     kubectl
         .create(&pod)
         .map_err(|e| Failure::new(format!("kubectl: {e}")))?;
-    let _guard = PodGuard {
-        kubectl,
-        name: name.clone(),
-    };
-    let (phase, uid) = loop {
-        let p = kubectl
-            .get("pod", Some("default"), &name)
+    Ok(PodGuard { kubectl, name })
+}
+
+/// Polls the pod until `done` says its status is what the check waits for.
+fn wait_pod(
+    pod: &PodGuard<'_>,
+    node: &str,
+    attempt: &mut Attempt,
+    want: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value, Failure> {
+    loop {
+        let p = pod
+            .kubectl
+            .get("pod", Some("default"), &pod.name)
             .map_err(|e| Failure::new(format!("kubectl: {e}")))?
             .unwrap_or(Value::Null);
-        let phase = p["status"]["phase"]
-            .as_str()
-            .unwrap_or("Pending")
-            .to_string();
-        let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        if phase == "Succeeded" || phase == "Failed" {
-            break (phase, uid);
+        if done(&p) {
+            return Ok(p);
         }
         if attempt.remaining() < Duration::from_secs(3) {
+            let phase = p["status"]["phase"]
+                .as_str()
+                .unwrap_or("Pending")
+                .to_string();
             let why = p["status"]["containerStatuses"][0]["state"].to_string();
             return Err(Failure::mismatch(
-                format!("pod {name} on {node} did not complete (container state {why})"),
-                "Succeeded",
+                format!(
+                    "pod {} on {node} did not get there (container state {why})",
+                    pod.name
+                ),
+                want,
                 phase,
             ));
         }
         std::thread::sleep(Duration::from_secs(2));
-    };
-    attempt.note(format!("pod {name} {phase}"));
+    }
+}
+
+/// `pod-runs`: a pod pinned to the node runs `command` in `image` to completion and its
+/// log (read on the node) contains `output`.
+pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let m = member(env)?;
+    let node = m.node.name().to_string();
+    let pod = create_pod(
+        m.kubectl,
+        &node,
+        "pod",
+        b.param("image"),
+        b.param("command"),
+        attempt,
+    )?;
+    let p = wait_pod(&pod, &node, attempt, "Succeeded", |p| {
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    })?;
+    let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
+    let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    attempt.note(format!("pod {} {phase}", pod.name));
     let g = env
         .guest
         .as_mut()
         .ok_or_else(|| Failure::new("internal: no guest for pod-runs"))?;
     let log = attempt.exec_root(
         g.ssh,
-        &format!("cat /var/log/pods/default_{name}_{uid}/c/*.log"),
+        &format!("cat /var/log/pods/default_{}_{uid}/c/*.log", pod.name),
     )?;
     let want = b.param("output");
     if phase != "Succeeded" || !log.stdout.contains(want) {
         return Err(Failure::mismatch(
-            format!("pod {name} on {node} ended {phase}; its log (on the node) lacks the expected output"),
+            format!(
+                "pod {} on {node} ended {phase}; its log (on the node) lacks the expected output",
+                pod.name
+            ),
             format!("Succeeded, log containing {want:?}"),
             format!("{phase}, log {:?}", log.stdout.trim()),
         ));
@@ -242,8 +281,99 @@ pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     Ok(())
 }
 
+/// Whether IPv4 `ip` lies in `cidr` (`10.244.0.0/24`).
+pub fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let parse = |s: &str| s.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
+    let Some((net, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    match (parse(ip), parse(net), bits.parse::<u32>()) {
+        (Some(ip), Some(net), Ok(bits)) if bits <= 32 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            ip & mask == net & mask
+        }
+        _ => false,
+    }
+}
+
+/// `pod-serves`: a pod pinned to the node gets an IP in `cidr` from the CNI, serves HTTP
+/// on port 8080 (busybox httpd in `image`), and the node reaches it.
+pub fn pod_serves(
+    b: &Builtin,
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let m = member(env)?;
+    let node = m.node.name().to_string();
+    let marker = format!("nodegate-pod-http-{}", std::process::id());
+    let command = format!(
+        "mkdir -p /tmp/w && echo {marker} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
+    );
+    let pod = create_pod(
+        m.kubectl,
+        &node,
+        "http",
+        b.param("image"),
+        &command,
+        attempt,
+    )?;
+    let p = wait_pod(&pod, &node, attempt, "Running with a pod IP", |p| {
+        p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
+            || p["status"]["phase"] == "Failed"
+    })?;
+    let ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
+    let cidr = b.param("cidr");
+    attempt.note(format!("pod {} Running, IP {ip}", pod.name));
+    if !in_cidr(&ip, cidr) {
+        return Err(Failure::mismatch(
+            format!("pod {} on {node} got an IP outside the CNI range", pod.name),
+            format!("an IP in {cidr}"),
+            if ip.is_empty() {
+                "no IP".to_string()
+            } else {
+                ip
+            },
+        ));
+    }
+    let g = env
+        .guest
+        .as_mut()
+        .ok_or_else(|| Failure::new("internal: no guest for pod-serves"))?;
+    let mut last = String::new();
+    while attempt.remaining() > Duration::from_secs(5) {
+        let o = attempt.exec(
+            g.ssh,
+            &format!("curl -s --max-time 3 http://{ip}:8080/index.html"),
+        )?;
+        if o.stdout.contains(&marker) {
+            return Ok(());
+        }
+        last = format!("curl exit {}: {}", o.status, o.stdout.trim());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(Failure::mismatch(
+        format!("the node cannot reach pod {} at {ip}:8080", pod.name),
+        marker,
+        last,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cidr_membership() {
+        use super::in_cidr;
+        assert!(in_cidr("10.244.0.7", "10.244.0.0/24"));
+        assert!(!in_cidr("10.244.1.7", "10.244.0.0/24"));
+        assert!(in_cidr("1.2.3.4", "0.0.0.0/0"));
+        assert!(!in_cidr("", "10.244.0.0/24"));
+        assert!(!in_cidr("10.244.0.7", "10.244.0.0"));
+    }
+
     #[test]
     fn versions_compare_without_the_packaging_suffix() {
         use super::version_matches as m;

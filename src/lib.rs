@@ -13,6 +13,7 @@
 //!   primitive, and SIGINT/SIGTERM routing.
 //! - [`cli`]: the command-line front end.
 
+pub mod agent_endpoint;
 pub mod cli;
 pub mod cluster;
 pub mod config_file;

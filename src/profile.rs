@@ -34,6 +34,9 @@ pub struct Profile {
     /// Time budgets the image promises.
     #[serde(default)]
     pub budgets: Budgets,
+    /// The node agent's protocol, for the endpoint nodegate hosts during a run.
+    #[serde(default)]
+    pub agent: AgentProfile,
     /// Values the checks expect that the manifest does not carry.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
@@ -144,6 +147,51 @@ impl Default for Services {
             containerd: "containerd.service".into(),
             kubelet: "kubelet.service".into(),
             agent: "nodegate-agent.service".into(),
+        }
+    }
+}
+
+/// The node agent's side of the run: how to point it at nodegate's endpoint and what the
+/// endpoint expects of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentProfile {
+    /// The endpoint's address as the guest dials it (forwarded to a host port).
+    pub guest_addr: String,
+    /// The endpoint's port as the guest dials it.
+    pub guest_port: u16,
+    /// The bearer token the agent must send.
+    pub token: String,
+    /// Registration path.
+    pub register_path: String,
+    /// Heartbeat path.
+    pub heartbeat_path: String,
+    /// The request JSON field naming the node.
+    pub identity_field: String,
+    /// The promised heartbeat interval.
+    #[serde(with = "duration_serde")]
+    pub heartbeat_interval: Duration,
+    /// Where the agent reads its config in the guest.
+    pub config_path: String,
+    /// The config file's content; `@ENDPOINT@`, `@TOKEN@` and `@NODE_NAME@` are replaced.
+    pub config: String,
+    /// The agent's local state, fetched in the guest (JSON).
+    pub state_url: String,
+}
+
+impl Default for AgentProfile {
+    fn default() -> Self {
+        AgentProfile {
+            guest_addr: "10.0.2.101".into(),
+            guest_port: 18080,
+            token: "nodegate-agent-token".into(),
+            register_path: "/v1/register".into(),
+            heartbeat_path: "/v1/heartbeat".into(),
+            identity_field: "node_name".into(),
+            heartbeat_interval: Duration::from_secs(5),
+            config_path: "/etc/nodegate-agent/config.json".into(),
+            config: "{\"endpoint\": \"@ENDPOINT@\", \"token\": \"@TOKEN@\", \"node_name\": \"@NODE_NAME@\"}\n".into(),
+            state_url: "http://127.0.0.1:9101/state".into(),
         }
     }
 }

@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::agent_endpoint::{AgentEndpoint, EndpointConfig};
 use crate::cluster::{self, BootstrapToken, ControlPlane, JoinConfig, JoinMethod, JoinedNode};
 use crate::exit;
 use crate::profile::JoinMethodName;
 use crate::runner::{Environment, Event, Phase, Stop, StopKind};
 use crate::ssh::SshSession;
 use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verification};
-use crate::vm::{Boot, Vm, VmConfig};
+use crate::vm::{Boot, GuestForward, Vm, VmConfig};
 
 use super::{artifacts, RunConfig};
 
@@ -20,6 +21,7 @@ pub struct Machine {
     joined: Option<(JoinedNode, BootstrapToken)>,
     ssh: SshSession,
     vm: Vm,
+    endpoint: AgentEndpoint,
     /// Node name (and artifacts sub-folder).
     pub name: String,
 }
@@ -186,6 +188,22 @@ impl<'c> NodeEnvironment<'c> {
         if let Some(cp) = &self.cp {
             vc.forwards.push(cp.forward());
         }
+        let a = &p.agent;
+        let endpoint = AgentEndpoint::start(
+            EndpointConfig {
+                register_path: a.register_path.clone(),
+                heartbeat_path: a.heartbeat_path.clone(),
+                token: a.token.clone(),
+                identity_field: a.identity_field.clone(),
+            },
+            0,
+        )
+        .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
+        vc.forwards.push(GuestForward {
+            guest_addr: a.guest_addr.clone(),
+            guest_port: a.guest_port,
+            host_port: endpoint.port(),
+        });
         let detail = format!("{} ({} boot)", name, vc.boot.kind());
         let (vm, ssh) = phase(emit, Phase::Boot, detail, |emit| {
             let fail =
@@ -223,6 +241,7 @@ impl<'c> NodeEnvironment<'c> {
             joined: None,
             ssh,
             vm,
+            endpoint,
             name,
         };
         if join {
@@ -383,6 +402,8 @@ impl Environment for NodeEnvironment<'_> {
                     Some(Guest {
                         vm: &m.vm,
                         ssh: &mut m.ssh,
+                        name: &m.name,
+                        endpoint: &mut m.endpoint,
                     }),
                     member,
                 )
@@ -390,6 +411,7 @@ impl Environment for NodeEnvironment<'_> {
             None => (None, None),
         };
         let mut env = CheckEnv {
+            profile: &self.config.profile,
             verification: &self.verification,
             guest,
             member,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::context::{Attempt, CheckEnv, Failure};
-use super::{cluster_checks, guest_checks, integrity_checks};
+use super::{agent_checks, cluster_checks, guest_checks, integrity_checks};
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -120,6 +120,46 @@ const SPECS: &[Spec] = &[
         open: false,
         destructive: false,
     },
+    Spec {
+        name: "agent-registers",
+        need: Need::Guest,
+        required: &["budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "agent-heartbeats",
+        need: Need::Guest,
+        required: &["count", "tolerance"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "agent-link-cut",
+        need: Need::Guest,
+        required: &["down", "budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "agent-reconnects",
+        need: Need::Guest,
+        required: &["budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "agent-state",
+        need: Need::Guest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
 ];
 
 fn spec(name: &str) -> Option<&'static Spec> {
@@ -184,7 +224,27 @@ impl Builtin {
     pub fn validate_values(&self) -> Result<(), String> {
         match self.name.as_str() {
             "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
-            "node-ready" => self.duration("budget").map(|_| ()),
+            "node-ready" | "agent-registers" | "agent-reconnects" => {
+                self.duration("budget").map(|_| ())
+            }
+            "agent-heartbeats" => self
+                .duration("tolerance")
+                .and_then(|_| {
+                    self.param("count")
+                        .parse::<usize>()
+                        .map_err(|e| format!("param `count`: {e}"))
+                })
+                .and_then(|c| {
+                    if c >= 2 {
+                        Ok(())
+                    } else {
+                        Err("param `count` must be at least 2".into())
+                    }
+                }),
+            "agent-link-cut" => self
+                .duration("down")
+                .and(self.duration("budget"))
+                .map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -202,6 +262,11 @@ impl Builtin {
             "node-taints" => cluster_checks::node_taints(self, env, attempt),
             "pod-runs" => cluster_checks::pod_runs(self, env, attempt),
             "pod-serves" => cluster_checks::pod_serves(self, env, attempt),
+            "agent-registers" => agent_checks::registers(self, env, attempt),
+            "agent-heartbeats" => agent_checks::heartbeats(self, env, attempt),
+            "agent-link-cut" => agent_checks::link_cut(self, env, attempt),
+            "agent-reconnects" => agent_checks::reconnects(self, env, attempt),
+            "agent-state" => agent_checks::state(env, attempt),
             other => Err(Failure::new(format!("unknown builtin `{other}`"))),
         }
     }

@@ -3,8 +3,10 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::agent_endpoint::AgentEndpoint;
 use crate::cluster::{JoinedNode, Kubectl};
 use crate::image::{Manifest, VerifiedImage, VerifyError};
+use crate::profile::Profile;
 use crate::ssh::{ExecOutput, SshSession};
 use crate::vm::Vm;
 
@@ -36,6 +38,10 @@ pub struct Guest<'a> {
     pub vm: &'a Vm,
     /// A logged-in session.
     pub ssh: &'a mut SshSession,
+    /// The node's name (the Node's, when it joins).
+    pub name: &'a str,
+    /// The agent endpoint forwarded into this guest.
+    pub endpoint: &'a mut AgentEndpoint,
 }
 
 /// A guest joined to a control plane.
@@ -48,6 +54,8 @@ pub struct Member<'a> {
 
 /// Everything a check may use; what it needs is present (the runner saw to that).
 pub struct CheckEnv<'a> {
+    /// The image profile.
+    pub profile: &'a Profile,
     /// Pre-boot verification.
     pub verification: &'a Verification,
     /// The booted guest, for checks that need one.

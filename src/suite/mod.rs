@@ -2,6 +2,7 @@
 //! they name: built-in Rust checks with parameters, or in-guest commands with
 //! expectations. Loading validates everything that can be validated before a VM boots.
 
+mod agent_checks;
 pub mod builtin;
 mod cluster_checks;
 pub mod command;

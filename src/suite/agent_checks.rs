@@ -1,0 +1,371 @@
+//! Agent connectivity: nodegate hosts the agent's endpoint during the run (forwarded into
+//! the guest) and judges what arrives there. The protocol's paths, token, identity field,
+//! interval and the agent's config file come from the profile's `[agent]` section.
+
+use std::time::{Duration, Instant};
+
+use super::builtin::Builtin;
+use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
+use crate::agent_endpoint::Received;
+use crate::profile::Profile;
+use crate::vm::qemu::NIC_ID;
+
+fn guest<'e, 'a>(env: &'e mut CheckEnv<'a>) -> Result<&'e mut Guest<'a>, Failure> {
+    env.guest
+        .as_mut()
+        .ok_or_else(|| Failure::new("internal: no guest for an agent check"))
+}
+
+/// Requests from this node that the endpoint answered 200, on `path`.
+fn accepted<'r>(
+    log: &'r [Received],
+    profile: &Profile,
+    node: &str,
+    path: &str,
+) -> Vec<&'r Received> {
+    let field = &profile.agent.identity_field;
+    log.iter()
+        .filter(|r| r.status == 200 && r.path == path && r.body[field] == node)
+        .collect()
+}
+
+/// Points the agent at the endpoint (once): writes its config file in the guest.
+fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let a = &profile.agent;
+    if !accepted(&g.endpoint.requests(), profile, g.name, &a.register_path).is_empty() {
+        return Ok(());
+    }
+    let endpoint = format!("http://{}:{}", a.guest_addr, a.guest_port);
+    let text = a
+        .config
+        .replace("@ENDPOINT@", &endpoint)
+        .replace("@TOKEN@", &a.token)
+        .replace("@NODE_NAME@", g.name);
+    let tmp = "/tmp/nodegate-agent-config";
+    attempt.note(format!("write {} pointing at {endpoint}", a.config_path));
+    g.ssh
+        .upload_bytes(text.as_bytes(), tmp, 0o600)
+        .map_err(|e| Failure::new(format!("ssh upload: {e}")))?;
+    let o = attempt.exec_root(
+        g.ssh,
+        &format!(
+            "install -D -m 0600 {tmp} {} && rm -f {tmp}",
+            shell_quote(&a.config_path)
+        ),
+    )?;
+    if o.status != 0 {
+        return Err(Failure::new(format!(
+            "cannot write {}: {}",
+            a.config_path,
+            o.stderr.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until `pick` finds something in the endpoint's log, or `budget` passes.
+fn wait_for<T>(
+    g: &Guest<'_>,
+    attempt: &Attempt,
+    budget: Duration,
+    mut pick: impl FnMut(&[Received]) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + budget.min(attempt.remaining());
+    loop {
+        if let Some(v) = pick(&g.endpoint.requests()) {
+            return Some(v);
+        }
+        if Instant::now() >= deadline || crate::interrupt::interrupted() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Configures the agent and waits for its registration; returns when it arrived.
+fn registered(
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+    budget: Duration,
+) -> Result<Instant, Failure> {
+    let profile = env.profile;
+    let g = guest(env)?;
+    configure(profile, g, attempt)?;
+    let (name, path) = (g.name.to_string(), profile.agent.register_path.clone());
+    wait_for(g, attempt, budget, |log| {
+        accepted(log, profile, &name, &path).first().map(|r| r.at)
+    })
+    .ok_or_else(|| {
+        let seen = g.endpoint.requests();
+        let last = seen.last().map_or("nothing".into(), |r| {
+            format!("{} {} (authorized {})", r.path, r.status, r.authorized)
+        });
+        Failure::mismatch(
+            format!(
+                "no registration from {name} at the endpoint within {}",
+                humantime::format_duration(budget)
+            ),
+            format!("POST {path} with {} = {name}", profile.agent.identity_field),
+            format!("{} requests, last: {last}", seen.len()),
+        )
+    })
+}
+
+/// `agent-registers`: the registration arrives within `budget` carrying the node's
+/// identity (name, machine-id, boot_id as the guest has them).
+pub fn registers(
+    b: &Builtin,
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let budget = b.duration("budget").map_err(Failure::new)?;
+    let start = Instant::now();
+    let at = registered(env, attempt, budget)?;
+    attempt.note(format!(
+        "registered {:.1}s after the config was written",
+        at.saturating_duration_since(start).as_secs_f64()
+    ));
+    let profile = env.profile;
+    let g = guest(env)?;
+    let log = g.endpoint.requests();
+    let reg = accepted(&log, profile, g.name, &profile.agent.register_path)[0].clone();
+    let o = attempt.exec(g.ssh, "cat /etc/machine-id /proc/sys/kernel/random/boot_id")?;
+    let mut lines = o.stdout.lines();
+    for (field, want) in [("machine_id", lines.next()), ("boot_id", lines.next())] {
+        let want = want.unwrap_or("").trim();
+        let got = reg.body[field].as_str().unwrap_or("absent");
+        if got != want {
+            return Err(Failure::mismatch(
+                format!("the registration's {field} is not the guest's"),
+                want,
+                got,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Heartbeats accepted from `node` after `since`, in arrival order.
+fn beats_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> Vec<Instant> {
+    accepted(
+        &g.endpoint.requests(),
+        profile,
+        g.name,
+        &profile.agent.heartbeat_path,
+    )
+    .into_iter()
+    .filter(|r| r.at > since)
+    .map(|r| r.at)
+    .collect()
+}
+
+/// `agent-heartbeats`: `count` heartbeats arrive at the profile's interval, the mean
+/// within `tolerance`; the jitter (largest deviation) is reported.
+pub fn heartbeats(
+    b: &Builtin,
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let count: usize = b
+        .param("count")
+        .parse()
+        .map_err(|_| Failure::new("param `count` is not a number"))?;
+    let tolerance = b.duration("tolerance").map_err(Failure::new)?;
+    let interval = env.profile.agent.heartbeat_interval;
+    registered(env, attempt, attempt.remaining())?;
+    let profile = env.profile;
+    let g = guest(env)?;
+    let since = Instant::now();
+    let budget = attempt.remaining();
+    let beats = wait_for(g, attempt, budget, |_| {
+        let b = beats_since(g, profile, since);
+        (b.len() > count).then_some(b)
+    })
+    .ok_or_else(|| {
+        Failure::mismatch(
+            format!("heartbeats stopped arriving from {}", g.name),
+            format!(
+                "{} heartbeats every {}",
+                count + 1,
+                humantime::format_duration(interval)
+            ),
+            format!("{}", beats_since(g, profile, since).len()),
+        )
+    })?;
+    let gaps: Vec<f64> = beats
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let want = interval.as_secs_f64();
+    let jitter = gaps.iter().map(|g| (g - want).abs()).fold(0.0, f64::max);
+    attempt.note(format!(
+        "intervals {gaps:.2?} s: mean {mean:.2} s, jitter {jitter:.2} s"
+    ));
+    if (mean - want).abs() > tolerance.as_secs_f64() {
+        return Err(Failure::mismatch(
+            format!("heartbeats arrive off the promised interval (jitter {jitter:.2}s)"),
+            format!("mean {want:.2}s ± {:.2}s", tolerance.as_secs_f64()),
+            format!("mean {mean:.2}s"),
+        ));
+    }
+    Ok(())
+}
+
+/// `agent-link-cut`: with the VM's link down for `down` (QMP), nothing arrives; after
+/// it is restored, heartbeats resume within `budget`.
+pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let down = b.duration("down").map_err(Failure::new)?;
+    let budget = b.duration("budget").map_err(Failure::new)?;
+    registered(env, attempt, attempt.remaining())?;
+    let profile = env.profile;
+    let g = guest(env)?;
+    let mut qmp = g.vm.qmp().map_err(|e| Failure::new(format!("qmp: {e}")))?;
+    qmp.set_link(NIC_ID, false)
+        .map_err(|e| Failure::new(format!("qmp set_link off: {e}")))?;
+    let cut = Instant::now();
+    attempt.note(format!(
+        "link {NIC_ID} down for {}",
+        humantime::format_duration(down)
+    ));
+    std::thread::sleep(down);
+    let during = g
+        .endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.at > cut + Duration::from_secs(1))
+        .count();
+    qmp.set_link(NIC_ID, true)
+        .map_err(|e| Failure::new(format!("qmp set_link on: {e}")))?;
+    let up = Instant::now();
+    if during > 0 {
+        return Err(Failure::new(format!(
+            "{during} requests arrived while the link was down: the cut did not cut"
+        )));
+    }
+    let resumed = wait_for(g, attempt, budget, |_| {
+        beats_since(g, profile, up).first().copied()
+    });
+    match resumed {
+        Some(at) => {
+            attempt.note(format!(
+                "heartbeats resumed {:.1}s after the link came back",
+                (at - up).as_secs_f64()
+            ));
+            Ok(())
+        }
+        None => Err(Failure::mismatch(
+            format!("no heartbeat from {} after the link came back", g.name),
+            format!("a heartbeat within {}", humantime::format_duration(budget)),
+            "none",
+        )),
+    }
+}
+
+/// `agent-reconnects`: after the endpoint restarts (forgetting the node), the agent
+/// registers again and heartbeats resume within `budget`.
+pub fn reconnects(
+    b: &Builtin,
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let budget = b.duration("budget").map_err(Failure::new)?;
+    registered(env, attempt, attempt.remaining())?;
+    let profile = env.profile;
+    let g = guest(env)?;
+    g.endpoint
+        .restart()
+        .map_err(|e| Failure::new(e.to_string()))?;
+    let restarted = Instant::now();
+    let generation = g.endpoint.generation();
+    attempt.note("endpoint restarted (it forgot the node)");
+    let (name, a) = (g.name.to_string(), &profile.agent);
+    let back = wait_for(g, attempt, budget, |log| {
+        let ours = |path: &str| {
+            accepted(log, profile, &name, path)
+                .into_iter()
+                .find(|r| r.generation == generation)
+                .map(|r| r.at)
+        };
+        Some((ours(&a.register_path)?, ours(&a.heartbeat_path)?))
+    });
+    match back {
+        Some((reg, beat)) => {
+            attempt.note(format!(
+                "registered again {:.1}s and heartbeat {:.1}s after the restart",
+                (reg - restarted).as_secs_f64(),
+                (beat - restarted).as_secs_f64()
+            ));
+            Ok(())
+        }
+        None => Err(Failure::mismatch(
+            format!("{name} did not reconnect after the endpoint restarted"),
+            format!(
+                "registration and heartbeat within {}",
+                humantime::format_duration(budget)
+            ),
+            "not both",
+        )),
+    }
+}
+
+/// `agent-state`: the agent's local state agrees with what the endpoint saw: connected,
+/// registered, the same node, and its counts of accepted registrations and heartbeats.
+pub fn state(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    registered(env, attempt, attempt.remaining())?;
+    let profile = env.profile;
+    let g = guest(env)?;
+    let o = attempt.exec(
+        g.ssh,
+        &format!(
+            "curl -s --max-time 10 {}",
+            shell_quote(&profile.agent.state_url)
+        ),
+    )?;
+    let s: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| {
+        Failure::mismatch(
+            format!("the agent's state is not JSON: {e}"),
+            "JSON",
+            o.stdout.trim(),
+        )
+    })?;
+    let pid = s["pid"].clone();
+    let log = g.endpoint.requests();
+    let count = |path: &str| {
+        accepted(&log, profile, g.name, path)
+            .into_iter()
+            .filter(|r| r.body["agent_pid"] == pid)
+            .count() as i64
+    };
+    let seen = [
+        ("registrations", count(&profile.agent.register_path)),
+        ("heartbeats_sent", count(&profile.agent.heartbeat_path)),
+    ];
+    attempt.note(format!("endpoint accepted: {seen:?}"));
+    let field = &profile.agent.identity_field;
+    if s[field.as_str()] != g.name || s["connected"] != true || s["registered"] != true {
+        return Err(Failure::mismatch(
+            "the agent's local state disagrees with the endpoint",
+            format!("{field} {}, connected, registered", g.name),
+            format!(
+                "{field} {}, connected {}, registered {}",
+                s[field.as_str()],
+                s["connected"],
+                s["registered"]
+            ),
+        ));
+    }
+    for (key, endpoint) in seen {
+        let local = s[key].as_i64().unwrap_or(-1);
+        // The endpoint records a request before the agent hears the answer: one in
+        // flight, and one more if an answer was lost to the link cut.
+        if !(0..=2).contains(&(endpoint - local)) {
+            return Err(Failure::mismatch(
+                format!("the agent's {key} disagrees with what the endpoint accepted"),
+                format!("{endpoint} (or up to 2 fewer)"),
+                local.to_string(),
+            ));
+        }
+    }
+    Ok(())
+}

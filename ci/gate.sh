@@ -2,7 +2,9 @@
 # The main job, end to end, as a release pipeline runs it: build the test bed when absent
 # (its signed image v1 is the release candidate), then `nodegate run` verifies the signed
 # manifest, boots the image under QEMU, joins it to a local control plane, runs every
-# suite and writes JUnit, a JSON report and artifacts. Then it shows the gate refusing a
+# suite (integrity, containerd, kubelet, agent connectivity against an endpoint nodegate
+# hosts, and the hot upgrade to the signed bundle v2 on a VM of its own) and writes
+# JUnit, a JSON report and artifacts. Then it shows the gate refusing a
 # tampered copy of the same release before anything boots.
 #
 #   ci/gate.sh [WORK_DIR]      (default: a new folder under /tmp, printed at the end)
@@ -19,9 +21,10 @@ work=${1:-$(mktemp -d /tmp/nodegate-gate.XXXXXX)}
 mkdir -p "$work" && cd "$work"
 echo "== working in $work"
 
-echo "== nodegate run: image v1, local control plane, all suites"
+echo "== nodegate run: image v1, local control plane, all suites, hot upgrade to bundle v2"
 set +e
 "$ng" run --manifest "$signed/v1-direct/node.manifest.json" --trust "$signed/trust" \
+  --upgrade-bundle "$signed/bundle-v2/bundle.manifest.json" \
   --profile "$repo/profiles/debian-fixture.toml" --suites "$repo/suites" --suite all \
   --control-plane local --junit out/junit.xml --json out/report.json --artifacts out/artifacts
 code=$?

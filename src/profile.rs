@@ -37,6 +37,9 @@ pub struct Profile {
     /// The node agent's protocol, for the endpoint nodegate hosts during a run.
     #[serde(default)]
     pub agent: AgentProfile,
+    /// How a hot upgrade bundle is applied.
+    #[serde(default)]
+    pub upgrade: UpgradeProfile,
     /// Values the checks expect that the manifest does not carry.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
@@ -192,6 +195,31 @@ impl Default for AgentProfile {
             config_path: "/etc/nodegate-agent/config.json".into(),
             config: "{\"endpoint\": \"@ENDPOINT@\", \"token\": \"@TOKEN@\", \"node_name\": \"@NODE_NAME@\"}\n".into(),
             state_url: "http://127.0.0.1:9101/state".into(),
+        }
+    }
+}
+
+/// How the image applies a hot upgrade bundle (`--upgrade-bundle`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeProfile {
+    /// The bundle payload that applies it, run as root from `guest_dir`.
+    pub script: String,
+    /// Where the verified payloads are placed in the guest.
+    pub guest_dir: String,
+    /// Prints the kubelet's version (compared with the bundle's `kubelet` component).
+    pub kubelet_version_command: String,
+    /// Prints the agent's version (compared with the bundle's `agent` component).
+    pub agent_version_command: String,
+}
+
+impl Default for UpgradeProfile {
+    fn default() -> Self {
+        UpgradeProfile {
+            script: "upgrade.sh".into(),
+            guest_dir: "/var/lib/nodegate/upgrade".into(),
+            kubelet_version_command: "kubelet --version".into(),
+            agent_version_command: "nodegate-agent --version".into(),
         }
     }
 }

@@ -256,7 +256,7 @@ fn a_rollback_below_min_version_fails_no_rollback() {
 #[test]
 fn a_verified_image_passes_the_pre_boot_checks_without_booting() {
     let c = Case::new();
-    let r = c.run("v1-direct", &["--tag", "pre-boot"]);
+    let r = c.run("v1-direct", &["--tag", "pre-boot", "--suite", "integrity"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stdout.contains("test integrity::artifact_digests ... ok"),
@@ -286,7 +286,14 @@ fn shard_reports_merge_into_one_and_overlaps_are_refused() {
         let p = format!("hash:{m}/2");
         let r = c.run(
             "neg/flipped-byte",
-            &["--tag", "pre-boot", "--partition", &p],
+            &[
+                "--suite",
+                "integrity",
+                "--tag",
+                "pre-boot",
+                "--partition",
+                &p,
+            ],
         );
         assert!(r.code == 0 || r.code == 4, "{}{}", r.stdout, r.stderr);
         let dest = c.path(&format!("shard{m}.xml"));
@@ -416,4 +423,47 @@ fn fail_fast_stops_at_the_first_failure_and_reports_the_rest_as_not_run() {
         "{}",
         r.stdout
     );
+}
+
+#[test]
+fn a_tampered_or_foreign_bundle_fails_bundle_verified_before_boot() {
+    let signed = common::testbed("signed", "trust");
+    for (bundle, reason) in [
+        ("neg/bundle-tampered", "truncated or modified"),
+        ("neg/bundle-unknown-key", "does not hold"),
+    ] {
+        let c = Case::new();
+        let b = signed.join(bundle).join("bundle.manifest.json");
+        let r = c.run(
+            "v1-direct",
+            &[
+                "--tag",
+                "pre-boot",
+                "--suite",
+                "hot-upgrade",
+                "--upgrade-bundle",
+                b.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let m = failure(&c.junit(), "hot-upgrade", "bundle_verified");
+        assert!(
+            m.contains("bundle refused") && m.contains(reason),
+            "{bundle}: {m}"
+        );
+    }
+    let c = Case::new();
+    let b = signed.join("bundle-v2/bundle.manifest.json");
+    let r = c.run(
+        "v1-direct",
+        &[
+            "--tag",
+            "pre-boot",
+            "--suite",
+            "hot-upgrade",
+            "--upgrade-bundle",
+            b.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }

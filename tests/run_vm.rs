@@ -93,6 +93,15 @@ impl Out {
     }
 }
 
+/// The manifest of a signed upgrade bundle of the test bed (`bundle-v2`, `neg/...`).
+fn bundle(name: &str) -> String {
+    common::testbed("signed", "trust")
+        .join(name)
+        .join("bundle.manifest.json")
+        .display()
+        .to_string()
+}
+
 fn out() -> Out {
     Out {
         dir: tempfile::tempdir().unwrap(),
@@ -109,6 +118,8 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         repo("suites"),
         "--control-plane".into(),
         "local".into(),
+        "--upgrade-bundle".into(),
+        bundle("bundle-v2"),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = common::run(&args, o.dir.path());
@@ -332,6 +343,8 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
         repo("suites"),
         "--control-plane".into(),
         "local".into(),
+        "--upgrade-bundle".into(),
+        bundle("bundle-v2"),
     ]);
     let child = KillOnDrop(Some(
         common::nodegate()
@@ -367,7 +380,7 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
     let json = o.json();
     assert_eq!(json["verdict"], "interrupted");
     assert_eq!(json["stop"]["kind"], "interrupted");
-    assert_eq!(json["summary"]["passed"], 4, "the pre-boot checks ran");
+    assert_eq!(json["summary"]["passed"], 5, "the pre-boot checks ran");
     assert!(json["summary"]["not_run"].as_u64().unwrap() > 10);
     let junit = o.junit();
     assert!(junit.skipped > 10);
@@ -546,5 +559,52 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
         .unwrap()
         .keys()
         .any(|k| k.ends_with("/containerd")));
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_and_the_node_stays_on_v1() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let mut args = o.args();
+    args.extend([
+        "--suites".into(),
+        repo("suites"),
+        "--suite".into(),
+        "hot-upgrade".into(),
+        "--control-plane".into(),
+        "local".into(),
+        "--upgrade-bundle".into(),
+        bundle("neg/bundle-tampered"),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    let check = |id: &str| {
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let verified = check("hot-upgrade::bundle_verified");
+    assert_eq!(verified["status"], "failed");
+    assert!(
+        verified["message"]
+            .as_str()
+            .unwrap()
+            .contains("bundle refused"),
+        "{verified}"
+    );
+    let in_place = check("hot-upgrade::in_place");
+    assert_eq!(in_place["status"], "failed");
+    let m = in_place["message"].as_str().unwrap();
+    assert!(
+        m.contains("nothing applied, the node stays on Kubernetes v1.20.2, nodegate-agent 1.0.0"),
+        "{m}"
+    );
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// checks fail.
     #[arg(long)]
     allow_unsigned: bool,
+    /// A signed upgrade bundle's manifest (hot upgrade suite), verified with --trust.
+    #[arg(long, value_name = "PATH")]
+    upgrade_bundle: Option<PathBuf>,
     /// The image profile (profiles/*.toml).
     #[arg(long, value_name = "PATH", required_unless_present = "list")]
     profile: Option<PathBuf>,
@@ -182,6 +185,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         trust: args.trust.clone(),
         min_version: args.min_version,
         allow_unsigned: args.allow_unsigned,
+        upgrade_bundle: args.upgrade_bundle.clone(),
         profile,
         profile_path,
         suites: args.suites.clone(),

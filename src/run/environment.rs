@@ -31,6 +31,8 @@ pub struct NodeEnvironment<'c> {
     config: &'c RunConfig,
     /// The pre-boot verification.
     pub verification: Verification,
+    /// The upgrade bundle's verification, if one was given.
+    pub bundle: Option<Verification>,
     disk: PathBuf,
     boot: Option<Boot>,
     will_join: bool,
@@ -92,6 +94,7 @@ impl<'c> NodeEnvironment<'c> {
         NodeEnvironment {
             config,
             verification,
+            bundle: None,
             disk,
             boot,
             will_join,
@@ -413,6 +416,7 @@ impl Environment for NodeEnvironment<'_> {
         let mut env = CheckEnv {
             profile: &self.config.profile,
             verification: &self.verification,
+            bundle: self.bundle.as_ref(),
             guest,
             member,
         };

@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub min_version: Option<u64>,
     /// Boot without verification (recorded in the report).
     pub allow_unsigned: bool,
+    /// A signed upgrade bundle's manifest, for the hot upgrade suite.
+    pub upgrade_bundle: Option<PathBuf>,
     /// The image profile.
     pub profile: Profile,
     /// Where the profile came from.
@@ -106,16 +108,47 @@ fn verify(config: &RunConfig) -> Result<Verification, RunError> {
     let Some(manifest) = &config.manifest else {
         return Ok(Verification::Unsigned(None));
     };
+    let v = verify_file(
+        config,
+        manifest,
+        config.signature.clone(),
+        config.min_version,
+    )?;
+    if let (Verification::Verified(v), Some(img)) = (&v, &config.image) {
+        let mut v = v.clone();
+        if let Err(e) = same_disk(img, &v) {
+            return Ok(Verification::Refused(e));
+        }
+        if let Some(a) = v
+            .artifacts
+            .iter_mut()
+            .find(|a| a.role == ArtifactRole::Disk)
+        {
+            a.path = img.clone();
+        }
+        return Ok(Verification::Verified(v));
+    }
+    Ok(v)
+}
+
+/// Verifies one manifest (image or bundle) with the run's trust store.
+fn verify_file(
+    config: &RunConfig,
+    manifest: &Path,
+    signature: Option<PathBuf>,
+    min_version: Option<u64>,
+) -> Result<Verification, RunError> {
+    let unreadable = |e: VerifyError| RunError::Manifest(e);
     if config.allow_unsigned && config.trust.is_none() {
         let bytes = std::fs::read(manifest).map_err(|source| {
-            RunError::Manifest(VerifyError::Read {
-                path: manifest.clone(),
+            unreadable(VerifyError::Read {
+                path: manifest.to_owned(),
                 source,
             })
         })?;
         let m = Manifest::parse(&bytes).map_err(|source| {
-            RunError::Manifest(VerifyError::Manifest {
-                path: manifest.clone(),
+            unreadable(VerifyError::Manifest {
+                path: manifest.to_owned(),
                 source,
             })
         })?;
@@ -127,33 +160,19 @@ fn verify(config: &RunConfig) -> Result<Verification, RunError> {
     let trust = TrustStore::load(trust_path)?;
     let opts = VerifyOptions {
         trust: &trust,
-        signature: config.signature.clone(),
-        min_version: config.min_version,
+        signature,
+        min_version,
         now: SystemTime::now(),
     };
     match image::verify(manifest, &opts) {
-        Ok(mut v) => {
-            if let Some(img) = &config.image {
-                if let Err(e) = same_disk(img, &v) {
-                    return Ok(Verification::Refused(e));
-                }
-                if let Some(a) = v
-                    .artifacts
-                    .iter_mut()
-                    .find(|a| a.role == ArtifactRole::Disk)
-                {
-                    a.path = img.clone();
-                }
-            }
-            Ok(Verification::Verified(Box::new(v)))
-        }
+        Ok(v) => Ok(Verification::Verified(Box::new(v))),
         Err(
             e @ (VerifyError::Empty { .. }
             | VerifyError::TooLarge { .. }
             | VerifyError::Manifest { .. }),
-        ) => Err(RunError::Manifest(e)),
-        Err(VerifyError::Read { path, source }) if path == *manifest => {
-            Err(RunError::Manifest(VerifyError::Read { path, source }))
+        ) => Err(unreadable(e)),
+        Err(VerifyError::Read { path, source }) if path == manifest => {
+            Err(unreadable(VerifyError::Read { path, source }))
         }
         Err(e) => Ok(Verification::Refused(e)),
     }
@@ -268,6 +287,9 @@ fn properties(
     if let Some(path) = &config.manifest {
         p.insert("image.manifest".into(), path.display().to_string());
     }
+    if let Some(path) = &config.upgrade_bundle {
+        p.insert("upgrade.bundle".into(), path.display().to_string());
+    }
     p
 }
 
@@ -281,6 +303,10 @@ pub fn execute(
     let defs = suite::load(&config.suites)?;
     let started = Instant::now();
     let verification = verify(config)?;
+    let bundle = match &config.upgrade_bundle {
+        Some(b) => Some(verify_file(config, b, None, None)?),
+        None => None,
+    };
     let verify_time = started.elapsed();
     let manifest = manifest_for_vars(config, &verification);
     let mut vars = config.profile.variables();
@@ -342,6 +368,7 @@ pub fn execute(
         .iter()
         .any(|c| c.need == Need::Node && matches!(selection.verdict(c), Verdict::Run));
     let mut env = NodeEnvironment::new(config, verification, disk, boot, will_join);
+    env.bundle = bundle;
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
     if let Verification::Refused(e) = &env.verification {
         // A refused image is an integrity verdict whatever else stopped the run (only

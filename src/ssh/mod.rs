@@ -265,6 +265,8 @@ impl SshSession {
     /// Uploads bytes to `remote` with `mode` (over SCP).
     pub fn upload_bytes(&mut self, bytes: &[u8], remote: &str, mode: i32) -> Result<(), SshError> {
         self.session.set_blocking(true);
+        // Each blocking step (one chunk) gets a minute, whatever an earlier exec left set.
+        self.session.set_timeout(60_000);
         let mut ch = self
             .session
             .scp_send(Path::new(remote), mode, bytes.len() as u64, None)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::context::{Attempt, CheckEnv, Failure};
-use super::{agent_checks, cluster_checks, guest_checks, integrity_checks};
+use super::{agent_checks, cluster_checks, guest_checks, integrity_checks, upgrade_checks};
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -160,6 +160,22 @@ const SPECS: &[Spec] = &[
         open: false,
         destructive: false,
     },
+    Spec {
+        name: "upgrade-bundle",
+        need: Need::Manifest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "hot-upgrade",
+        need: Need::Node,
+        required: &["ready_budget", "canary_image"],
+        optional: &[],
+        open: false,
+        destructive: true,
+    },
 ];
 
 fn spec(name: &str) -> Option<&'static Spec> {
@@ -224,6 +240,7 @@ impl Builtin {
     pub fn validate_values(&self) -> Result<(), String> {
         match self.name.as_str() {
             "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
+            "hot-upgrade" => self.duration("ready_budget").map(|_| ()),
             "node-ready" | "agent-registers" | "agent-reconnects" => {
                 self.duration("budget").map(|_| ())
             }
@@ -267,6 +284,8 @@ impl Builtin {
             "agent-link-cut" => agent_checks::link_cut(self, env, attempt),
             "agent-reconnects" => agent_checks::reconnects(self, env, attempt),
             "agent-state" => agent_checks::state(env, attempt),
+            "upgrade-bundle" => upgrade_checks::bundle_verified(env, attempt),
+            "hot-upgrade" => upgrade_checks::hot_upgrade(self, env, attempt),
             other => Err(Failure::new(format!("unknown builtin `{other}`"))),
         }
     }

@@ -160,9 +160,9 @@ pub fn node_taints(
 }
 
 /// Deletes the pod when dropped.
-struct PodGuard<'k> {
-    kubectl: &'k Kubectl,
-    name: String,
+pub(super) struct PodGuard<'k> {
+    pub(super) kubectl: &'k Kubectl,
+    pub(super) name: String,
 }
 
 impl Drop for PodGuard<'_> {
@@ -173,7 +173,7 @@ impl Drop for PodGuard<'_> {
 
 /// Creates a pod pinned to the node running `sh -c command` in `image`; the guard
 /// deletes it.
-fn create_pod<'k>(
+pub(super) fn create_pod<'k>(
     kubectl: &'k Kubectl,
     node: &str,
     suffix: &str,
@@ -205,7 +205,7 @@ fn create_pod<'k>(
 }
 
 /// Polls the pod until `done` says its status is what the check waits for.
-fn wait_pod(
+pub(super) fn wait_pod(
     pod: &PodGuard<'_>,
     node: &str,
     attempt: &mut Attempt,

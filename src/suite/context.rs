@@ -58,6 +58,8 @@ pub struct CheckEnv<'a> {
     pub profile: &'a Profile,
     /// Pre-boot verification.
     pub verification: &'a Verification,
+    /// The upgrade bundle's verification (`--upgrade-bundle`).
+    pub bundle: Option<&'a Verification>,
     /// The booted guest, for checks that need one.
     pub guest: Option<Guest<'a>>,
     /// The cluster membership, for checks that need one.

@@ -10,6 +10,7 @@ pub mod context;
 mod guest_checks;
 mod integrity_checks;
 pub mod plan;
+mod upgrade_checks;
 pub mod vars;
 
 use std::collections::{BTreeMap, BTreeSet};

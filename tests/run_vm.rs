@@ -190,12 +190,18 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         .unwrap()
         .iter()
         .all(|p| p["duration_secs"].is_number()));
-    // The destructive check had a VM (and a Node) of its own: two boots, two joins.
-    assert_eq!(
-        phases.iter().filter(|p| **p == "boot").count(),
-        2,
-        "{phases:?}"
-    );
+    // The destructive checks (kubelet kill, hot upgrade) had a VM and Node each.
+    for p in ["boot", "join"] {
+        assert_eq!(phases.iter().filter(|x| **x == p).count(), 3, "{phases:?}");
+    }
+    let upgrade = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "hot-upgrade::in_place")
+        .unwrap();
+    let out = upgrade["attempts"][0]["output"].as_str().unwrap();
+    assert!(out.contains("NotReady window"), "{out}");
     let console = json["artifacts"]
         .as_object()
         .unwrap()

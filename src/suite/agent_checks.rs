@@ -10,12 +10,6 @@ use crate::agent_endpoint::Received;
 use crate::profile::Profile;
 use crate::vm::qemu::NIC_ID;
 
-fn guest<'e, 'a>(env: &'e mut CheckEnv<'a>) -> Result<&'e mut Guest<'a>, Failure> {
-    env.guest
-        .as_mut()
-        .ok_or_else(|| Failure::new("internal: no guest for an agent check"))
-}
-
 /// Requests from this node that the endpoint answered 200, on `path`.
 fn accepted<'r>(
     log: &'r [Received],
@@ -89,7 +83,7 @@ fn registered(
     budget: Duration,
 ) -> Result<Instant, Failure> {
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     configure(profile, g, attempt)?;
     let (name, path) = (g.name.to_string(), profile.agent.register_path.clone());
     wait_for(g, attempt, budget, |log| {
@@ -126,7 +120,7 @@ pub fn registers(
         at.saturating_duration_since(start).as_secs_f64()
     ));
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     let log = g.endpoint.requests();
     let reg = accepted(&log, profile, g.name, &profile.agent.register_path)[0].clone();
     let o = attempt.exec(g.ssh, "cat /etc/machine-id /proc/sys/kernel/random/boot_id")?;
@@ -174,7 +168,7 @@ pub fn heartbeats(
     let interval = env.profile.agent.heartbeat_interval;
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     let since = Instant::now();
     let budget = attempt.remaining();
     let beats = wait_for(g, attempt, budget, |_| {
@@ -219,7 +213,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     let budget = b.duration("budget").map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     let mut qmp = g.vm.qmp().map_err(|e| Failure::new(format!("qmp: {e}")))?;
     qmp.set_link(NIC_ID, false)
         .map_err(|e| Failure::new(format!("qmp set_link off: {e}")))?;
@@ -272,7 +266,7 @@ pub fn reconnects(
     let budget = b.duration("budget").map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     g.endpoint
         .restart()
         .map_err(|e| Failure::new(e.to_string()))?;
@@ -314,7 +308,7 @@ pub fn reconnects(
 pub fn state(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
-    let g = guest(env)?;
+    let g = env.guest()?;
     let o = attempt.exec(
         g.ssh,
         &format!(

@@ -5,14 +5,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::builtin::Builtin;
-use super::context::{Attempt, CheckEnv, Failure, Member};
+use super::context::{Attempt, CheckEnv, Failure};
 use crate::cluster::Kubectl;
-
-fn member<'e, 'a>(env: &'e CheckEnv<'a>) -> Result<&'e Member<'a>, Failure> {
-    env.member
-        .as_ref()
-        .ok_or_else(|| Failure::new("internal: no cluster membership for a node check"))
-}
 
 fn get_node(kubectl: &Kubectl, name: &str, attempt: &mut Attempt) -> Result<Value, Failure> {
     attempt.note(format!("kubectl get node {name} -o json"));
@@ -24,7 +18,7 @@ fn get_node(kubectl: &Kubectl, name: &str, attempt: &mut Attempt) -> Result<Valu
 }
 
 /// The status of the Ready condition ("True", "False", "Unknown" or "absent").
-fn ready_status(node: &Value) -> String {
+pub(super) fn ready_status(node: &Value) -> String {
     node["status"]["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
@@ -35,7 +29,7 @@ fn ready_status(node: &Value) -> String {
 
 /// Waits, within the attempt's deadline, until the Node is Ready.
 pub fn wait_node_ready(env: &CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-    let m = member(env)?;
+    let m = env.member()?;
     loop {
         let node = get_node(m.kubectl, m.node.name(), attempt)?;
         let status = ready_status(&node);
@@ -61,7 +55,7 @@ pub fn node_ready(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let budget = b.duration("budget").map_err(Failure::new)?;
-    let m = member(env)?;
+    let m = env.member()?;
     let t = m.node.timings;
     attempt.note(format!(
         "join command {:.1}s, registered {:.1}s, Ready {:.1}s after the join started",
@@ -85,7 +79,7 @@ pub fn node_info(
     env: &mut CheckEnv<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
-    let m = member(env)?;
+    let m = env.member()?;
     let node = get_node(m.kubectl, m.node.name(), attempt)?;
     let info = &node["status"]["nodeInfo"];
     for (field, want) in &b.params {
@@ -127,7 +121,7 @@ pub fn node_taints(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    let m = member(env)?;
+    let m = env.member()?;
     let node = get_node(m.kubectl, m.node.name(), attempt)?;
     let taints: Vec<String> = node["spec"]["taints"]
         .as_array()
@@ -243,7 +237,7 @@ pub(super) fn wait_pod(
 /// `pod-runs`: a pod pinned to the node runs `command` in `image` to completion and its
 /// log (read on the node) contains `output`.
 pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-    let m = member(env)?;
+    let m = env.member()?;
     let node = m.node.name().to_string();
     let pod = create_pod(
         m.kubectl,
@@ -259,10 +253,7 @@ pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
     let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
     attempt.note(format!("pod {} {phase}", pod.name));
-    let g = env
-        .guest
-        .as_mut()
-        .ok_or_else(|| Failure::new("internal: no guest for pod-runs"))?;
+    let g = env.guest()?;
     let log = attempt.exec_root(
         g.ssh,
         &format!("cat /var/log/pods/default_{}_{uid}/c/*.log", pod.name),
@@ -307,7 +298,7 @@ pub fn pod_serves(
     env: &mut CheckEnv<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
-    let m = member(env)?;
+    let m = env.member()?;
     let node = m.node.name().to_string();
     let marker = format!("nodegate-pod-http-{}", std::process::id());
     let command = format!(
@@ -339,10 +330,7 @@ pub fn pod_serves(
             },
         ));
     }
-    let g = env
-        .guest
-        .as_mut()
-        .ok_or_else(|| Failure::new("internal: no guest for pod-serves"))?;
+    let g = env.guest()?;
     let mut last = String::new();
     while attempt.remaining() > Duration::from_secs(5) {
         let o = attempt.exec(

@@ -69,10 +69,7 @@ fn clip(s: &str) -> String {
 impl CommandCheck {
     /// Runs the command and checks every expectation; the first unmet one fails.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-        let g = env
-            .guest
-            .as_mut()
-            .ok_or_else(|| Failure::new("internal: no guest for a command check"))?;
+        let g = env.guest()?;
         let o = if self.sudo {
             attempt.exec_root(g.ssh, &self.run)?
         } else {

@@ -66,6 +66,22 @@ pub struct CheckEnv<'a> {
     pub member: Option<Member<'a>>,
 }
 
+impl<'a> CheckEnv<'a> {
+    /// The booted guest (present for checks that need one).
+    pub fn guest(&mut self) -> Result<&mut Guest<'a>, Failure> {
+        self.guest
+            .as_mut()
+            .ok_or_else(|| Failure::new("internal: no guest for a guest check"))
+    }
+
+    /// The cluster membership (present for checks that need the joined node).
+    pub fn member(&self) -> Result<&Member<'a>, Failure> {
+        self.member
+            .as_ref()
+            .ok_or_else(|| Failure::new("internal: no cluster membership for a node check"))
+    }
+}
+
 /// Why a check failed: what was expected, what was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -6,12 +6,6 @@ use super::builtin::Builtin;
 use super::cluster_checks;
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
 
-fn guest<'e, 'a>(env: &'e mut CheckEnv<'a>) -> Result<&'e mut Guest<'a>, Failure> {
-    env.guest
-        .as_mut()
-        .ok_or_else(|| Failure::new("internal: no guest for a guest check"))
-}
-
 /// `service-active`: the unit is enabled and active.
 pub fn service_active(
     b: &Builtin,
@@ -19,7 +13,7 @@ pub fn service_active(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let unit = b.param("unit");
-    let g = guest(env)?;
+    let g = env.guest()?;
     let q = shell_quote(unit);
     let o = attempt.exec(
         g.ssh,
@@ -58,7 +52,7 @@ pub fn service_recovers(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let unit = b.param("unit").to_string();
-    let g = guest(env)?;
+    let g = env.guest()?;
     let before = main_pid(attempt, g, &unit)?;
     if before == 0 {
         return Err(Failure::new(format!("{unit} has no main process to kill")));
@@ -107,7 +101,7 @@ pub fn guest_files(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), 
     if files.is_empty() {
         return Err(Failure::new("the manifest lists no guest files to check"));
     }
-    let g = guest(env)?;
+    let g = env.guest()?;
     let args: Vec<String> = files.iter().map(|f| shell_quote(&f.path)).collect();
     let o = attempt.exec_root(g.ssh, &format!("sha256sum {} 2>&1", args.join(" ")))?;
     let mut bad = Vec::new();
@@ -151,7 +145,7 @@ pub fn process_exe(
         .manifest()
         .and_then(|m| m.files.iter().find(|f| f.path == path))
         .map(|f| f.sha256.clone());
-    let g = guest(env)?;
+    let g = env.guest()?;
     let pid = main_pid(attempt, g, unit)?;
     if pid == 0 {
         return Err(Failure::new(format!("{unit} is not running")));

@@ -6,30 +6,34 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::builtin::Builtin;
-use super::cluster_checks::{create_pod, wait_pod};
+use super::cluster_checks::{create_pod, ready_status, wait_pod};
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Verification};
-use crate::image::ArtifactRole;
+use crate::image::{ArtifactRole, VerifiedImage};
+
+/// The verified bundle, or why there is none.
+fn verified(bundle: Option<&Verification>) -> Result<&VerifiedImage, String> {
+    match bundle {
+        Some(Verification::Verified(v)) => Ok(v),
+        None => Err("no --upgrade-bundle given".into()),
+        Some(Verification::Refused(e)) => Err(format!("bundle refused: {e}")),
+        Some(Verification::Unsigned(_)) => {
+            Err("bundle not verified: the run was started with --allow-unsigned".into())
+        }
+    }
+}
 
 /// `upgrade-bundle`: the bundle given with `--upgrade-bundle` is signed by a trusted key,
 /// unexpired and intact (checked before anything boots).
 pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-    match env.bundle {
-        None => Err(Failure::new("no --upgrade-bundle given")),
-        Some(Verification::Verified(v)) => {
-            attempt.note(format!(
-                "{} v{} signed by {}: {}",
-                v.manifest.name,
-                v.manifest.version,
-                v.manifest.key_id,
-                v.manifest_path.display()
-            ));
-            Ok(())
-        }
-        Some(Verification::Refused(e)) => Err(Failure::new(format!("bundle refused: {e}"))),
-        Some(Verification::Unsigned(_)) => Err(Failure::new(
-            "bundle not verified: the run was started with --allow-unsigned",
-        )),
-    }
+    let v = verified(env.bundle).map_err(Failure::new)?;
+    attempt.note(format!(
+        "{} v{} signed by {}: {}",
+        v.manifest.name,
+        v.manifest.version,
+        v.manifest.key_id,
+        v.manifest_path.display()
+    ));
+    Ok(())
 }
 
 /// What is recorded before and compared after.
@@ -44,12 +48,9 @@ struct Snapshot {
     container_pid: String,
 }
 
-/// The Node's Ready condition status.
+/// Whether the Node's Ready condition is True.
 fn ready(node: &Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .is_some_and(|c| c["status"] == "True")
+    ready_status(node) == "True"
 }
 
 /// `hot-upgrade`: verifies the bundle, starts a canary pod, applies the bundle's script
@@ -62,16 +63,10 @@ pub fn hot_upgrade(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let budget = b.duration("ready_budget").map_err(Failure::new)?;
-    let profile = env.profile;
-    let member = env
-        .member
-        .as_ref()
-        .ok_or_else(|| Failure::new("internal: no cluster membership for hot-upgrade"))?;
+    let (profile, bundle) = (env.profile, env.bundle);
+    let member = env.member()?;
     let (kubectl, node) = (member.kubectl, member.node.name().to_string());
-    let g = env
-        .guest
-        .as_mut()
-        .ok_or_else(|| Failure::new("internal: no guest for hot-upgrade"))?;
+    let g = env.guest()?;
     let versions = |attempt: &mut Attempt,
                     ssh: &mut crate::ssh::SshSession|
      -> Result<(String, String), Failure> {
@@ -80,14 +75,9 @@ pub fn hot_upgrade(
         let a = attempt.exec_root(ssh, &u.agent_version_command)?;
         Ok((k.stdout.trim().to_string(), a.stdout.trim().to_string()))
     };
-    let bundle = match env.bundle {
-        Some(Verification::Verified(v)) => v,
-        other => {
-            let why = match other {
-                None => "no --upgrade-bundle given".to_string(),
-                Some(Verification::Refused(e)) => format!("bundle refused: {e}"),
-                _ => "bundle not verified (--allow-unsigned)".to_string(),
-            };
+    let bundle = match verified(bundle) {
+        Ok(v) => v,
+        Err(why) => {
             let (kubelet, agent) = versions(attempt, g.ssh)?;
             return Err(Failure::mismatch(
                 format!("{why}; nothing applied, the node stays on {kubelet}, {agent}"),

@@ -70,12 +70,6 @@ fn file(item: &'static str, path: PathBuf, prevents: &'static str) -> Finding {
     }
 }
 
-fn meminfo_mib(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? / 1024)
-}
-
 fn free_disk_mib(path: &Path) -> Option<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a valid C string and a zeroed statvfs to fill.
@@ -177,7 +171,7 @@ pub fn diagnose() -> Vec<Finding> {
         "nothing: nodegate uses the test bed's kubectl or the provider's",
         false,
     ));
-    let mem = meminfo_mib("MemAvailable:");
+    let mem = crate::vm::mem_available_mib();
     out.push(Finding {
         item: "memory",
         ok: mem.is_some_and(|m| m >= 3 * 1024),

@@ -428,23 +428,26 @@ fn fail_fast_stops_at_the_first_failure_and_reports_the_rest_as_not_run() {
 #[test]
 fn a_tampered_or_foreign_bundle_fails_bundle_verified_before_boot() {
     let signed = common::testbed("signed", "trust");
+    // The pre-boot hot-upgrade check with the test bed bundle `name`.
+    let check_bundle = |c: &Case, name: &str| {
+        let b = signed.join(name).join("bundle.manifest.json");
+        let args = [
+            "--tag",
+            "pre-boot",
+            "--suite",
+            "hot-upgrade",
+            "--upgrade-bundle",
+        ];
+        let mut args = args.to_vec();
+        args.push(b.to_str().unwrap());
+        c.run("v1-direct", &args)
+    };
     for (bundle, reason) in [
         ("neg/bundle-tampered", "truncated or modified"),
         ("neg/bundle-unknown-key", "does not hold"),
     ] {
         let c = Case::new();
-        let b = signed.join(bundle).join("bundle.manifest.json");
-        let r = c.run(
-            "v1-direct",
-            &[
-                "--tag",
-                "pre-boot",
-                "--suite",
-                "hot-upgrade",
-                "--upgrade-bundle",
-                b.to_str().unwrap(),
-            ],
-        );
+        let r = check_bundle(&c, bundle);
         assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
         let m = failure(&c.junit(), "hot-upgrade", "bundle_verified");
         assert!(
@@ -452,18 +455,6 @@ fn a_tampered_or_foreign_bundle_fails_bundle_verified_before_boot() {
             "{bundle}: {m}"
         );
     }
-    let c = Case::new();
-    let b = signed.join("bundle-v2/bundle.manifest.json");
-    let r = c.run(
-        "v1-direct",
-        &[
-            "--tag",
-            "pre-boot",
-            "--suite",
-            "hot-upgrade",
-            "--upgrade-bundle",
-            b.to_str().unwrap(),
-        ],
-    );
+    let r = check_bundle(&Case::new(), "bundle-v2");
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }

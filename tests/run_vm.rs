@@ -21,21 +21,15 @@ fn repo(rel: &str) -> String {
         .to_string()
 }
 
-/// QEMU processes of nodegate VMs whose name contains `name` (their process title is the
-/// VM name, so match the command line).
-fn qemu_count_of(name: &str) -> usize {
-    std::fs::read_dir("/proc")
+/// The report entry of the check whose `key` (`id` or `name`) is `value`.
+fn check_in(report: &serde_json::Value, key: &str, value: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
         .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                    c.starts_with("qemu-system") && c.contains(name)
-                })
-                .unwrap_or(false)
-        })
-        .count()
+        .iter()
+        .find(|c| c[key] == value)
+        .unwrap_or_else(|| panic!("{value} not in the report"))
+        .clone()
 }
 
 /// QEMU processes of the VMs a run booted (named in its report's boot phases).
@@ -46,7 +40,7 @@ fn leftover_qemus(report: &serde_json::Value) -> usize {
         .iter()
         .filter(|p| p["name"] == "boot")
         .filter_map(|p| p["detail"].as_str()?.split(' ').next())
-        .map(qemu_count_of)
+        .map(|name| common::qemu_pids_with(name).len())
         .sum()
 }
 
@@ -194,12 +188,7 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     for p in ["boot", "join"] {
         assert_eq!(phases.iter().filter(|x| **x == p).count(), 3, "{phases:?}");
     }
-    let upgrade = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "hot-upgrade::in_place")
-        .unwrap();
+    let upgrade = check_in(&json, "id", "hot-upgrade::in_place");
     let out = upgrade["attempts"][0]["output"].as_str().unwrap();
     assert!(out.contains("NotReady window"), "{out}");
     let console = json["artifacts"]
@@ -263,15 +252,7 @@ expect = { stdout = "v0.0.0" }
     );
 
     let json = o.json();
-    let check = |name: &str| {
-        json["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let check = |name: &str| check_in(&json, "name", name);
     assert_eq!(check("flaky")["status"], "flaky");
     assert_eq!(check("flaky")["attempts"].as_array().unwrap().len(), 2);
     let slow = check("slow");
@@ -522,13 +503,10 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
     let status = |id: &str| {
-        json["checks"]
-            .as_array()
+        check_in(&json, "id", id)["status"]
+            .as_str()
             .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .map(|c| c["status"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("{id} not in the report"))
+            .to_string()
     };
     assert_eq!(status("fault::inject"), "passed");
     for id in [
@@ -587,15 +565,7 @@ fn a_tampered_bundle_is_refused_and_the_node_stays_on_v1() {
     let r = common::run(&args, o.dir.path());
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
-    let check = |id: &str| {
-        json["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == id)
-            .unwrap()
-            .clone()
-    };
+    let check = |id: &str| check_in(&json, "id", id);
     let verified = check("hot-upgrade::bundle_verified");
     assert_eq!(verified["status"], "failed");
     assert!(

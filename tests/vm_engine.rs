@@ -35,31 +35,13 @@ fn sha256(path: &Path) -> String {
     nodegate::image::digest::sha256_file(path).unwrap().sha256
 }
 
-/// Pids of QEMU processes whose command line mentions `needle`.
-fn qemu_pids_with(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn wait_for_no_qemu(needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !qemu_pids_with(needle).is_empty() {
+    while !common::qemu_pids_with(needle).is_empty() {
         assert!(
             Instant::now() < deadline,
             "qemu of {needle} survived: {:?}",
-            qemu_pids_with(needle)
+            common::qemu_pids_with(needle)
         );
         thread::sleep(Duration::from_millis(100));
     }
@@ -273,7 +255,10 @@ fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_do
         listener.accept().is_err(),
         "the guest reached an unforwarded host port"
     );
-    assert!(!qemu_pids_with(&needle).is_empty(), "--keep holds the VM");
+    assert!(
+        !common::qemu_pids_with(&needle).is_empty(),
+        "--keep holds the VM"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -338,7 +323,7 @@ fn interrupted_boot_leaves_nothing(signal: i32) -> (i32, String) {
         .unwrap();
     // Mid-boot: QEMU runs and the console has started.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while qemu_pids_with(&needle).is_empty()
+    while common::qemu_pids_with(&needle).is_empty()
         || fs::metadata(run.path().join("console.log")).map_or(true, |m| m.len() == 0)
     {
         assert!(Instant::now() < deadline, "qemu never started");

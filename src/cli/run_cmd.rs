@@ -149,7 +149,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     if args.list {
         let defs = suite::load(&args.suites).map_err(run::RunError::from)?;
         check_suite_names(&defs, &selection)?;
-        let lines = run::list(&defs, &selection);
+        let lines = run::list(&run::select(defs, &selection));
         for l in &lines {
             println!("{l}");
         }
@@ -188,7 +188,6 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         upgrade_bundle: args.upgrade_bundle.clone(),
         profile,
         profile_path,
-        suites: args.suites.clone(),
         control_plane,
         accel: args.accel,
         artifacts: args.artifacts.clone(),
@@ -206,7 +205,13 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         retries: args.retries,
         fail_fast: args.fail_fast,
     };
-    Ok(run::execute(&config, &selection, options, &mut terminal)?)
+    Ok(run::execute(
+        &config,
+        defs,
+        &selection,
+        options,
+        &mut terminal,
+    )?)
 }
 
 /// `--suite NAME` must name a suite that exists.

@@ -303,16 +303,9 @@ impl<'c> NodeEnvironment<'c> {
 
     fn release(&mut self, m: Machine, emit: &mut dyn FnMut(Event)) {
         artifacts::keep_console(&m.vm, &self.config.artifacts, &m.name, emit);
-        let t = Instant::now();
-        emit(Event::PhaseStarted {
-            phase: Phase::Teardown,
-            detail: m.name.clone(),
-        });
-        drop(m);
-        emit(Event::PhaseFinished {
-            phase: Phase::Teardown,
-            duration: t.elapsed(),
-            error: None,
+        let _ = phase(emit, Phase::Teardown, m.name.clone(), |_| {
+            drop(m);
+            Ok(())
         });
     }
 
@@ -325,16 +318,9 @@ impl<'c> NodeEnvironment<'c> {
             self.release(m, emit);
         }
         if let Some(cp) = self.cp.take() {
-            let t = Instant::now();
-            emit(Event::PhaseStarted {
-                phase: Phase::Teardown,
-                detail: "control plane".into(),
-            });
-            drop(cp);
-            emit(Event::PhaseFinished {
-                phase: Phase::Teardown,
-                duration: t.elapsed(),
-                error: None,
+            let _ = phase(emit, Phase::Teardown, "control plane".into(), |_| {
+                drop(cp);
+                Ok(())
             });
         }
     }

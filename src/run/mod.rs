@@ -44,8 +44,6 @@ pub struct RunConfig {
     pub profile: Profile,
     /// Where the profile came from.
     pub profile_path: PathBuf,
-    /// Suite folders or files.
-    pub suites: Vec<PathBuf>,
     /// The control plane to join.
     pub control_plane: ControlPlaneConfig,
     /// Accelerator.
@@ -90,17 +88,28 @@ impl RunError {
     }
 }
 
-/// Lists selected check ids like `cargo test -- --list` (no verification, no boot).
-pub fn list(suites: &[SuiteDef], selection: &Selection) -> Vec<String> {
-    let mut out = Vec::new();
-    for s in suites {
-        for c in &s.checks {
-            if selection.decide(&s.name, &c.name, &c.tags, c.ignore.as_deref()) != Verdict::Out {
-                out.push(format!("{}::{}: test", s.name, c.name));
-            }
-        }
-    }
-    out
+/// Keeps the checks the selection can run or list (not those it rules out).
+pub fn select(defs: Vec<SuiteDef>, selection: &Selection) -> Vec<SuiteDef> {
+    defs.into_iter()
+        .map(|mut s| {
+            s.checks.retain(|c| {
+                selection.decide(&s.name, &c.name, &c.tags, c.ignore.as_deref()) != Verdict::Out
+            });
+            s
+        })
+        .collect()
+}
+
+/// Lines like `cargo test -- --list` for selected suites (no verification, no boot).
+pub fn list(selected: &[SuiteDef]) -> Vec<String> {
+    selected
+        .iter()
+        .flat_map(|s| {
+            s.checks
+                .iter()
+                .map(move |c| format!("{}::{}: test", s.name, c.name))
+        })
+        .collect()
 }
 
 /// Does the verification; `Err` only when the manifest file itself cannot be used.
@@ -293,14 +302,15 @@ fn properties(
     p
 }
 
-/// Runs everything; returns the exit code. Reports are kept current as the run goes.
+/// Runs the checks of `defs` (loaded suites) that `selection` picks; returns the exit
+/// code. Reports are kept current as the run goes.
 pub fn execute(
     config: &RunConfig,
+    defs: Vec<SuiteDef>,
     selection: &Selection,
     options: RunOptions,
     terminal: &mut Terminal,
 ) -> Result<i32, RunError> {
-    let defs = suite::load(&config.suites)?;
     let started = Instant::now();
     let verification = verify(config)?;
     let bundle = match &config.upgrade_bundle {
@@ -317,15 +327,7 @@ pub fn execute(
     }
     // Only what the selection can run is planned: a variable an unselected check uses
     // (a component this manifest does not list) does not block the others.
-    let defs: Vec<SuiteDef> = defs
-        .into_iter()
-        .map(|mut s| {
-            s.checks.retain(|c| {
-                selection.decide(&s.name, &c.name, &c.tags, c.ignore.as_deref()) != Verdict::Out
-            });
-            s
-        })
-        .collect();
+    let defs = select(defs, selection);
     let checks = runner::order(suite::plan(&defs, &vars)?);
     let (disk, boot) = disk_and_boot(config, &verification, manifest.as_ref());
     if matches!(verification, Verification::Unsigned(_)) && disk.as_os_str().is_empty() {

@@ -147,6 +147,13 @@ pub struct Stop {
     pub reason: String,
 }
 
+impl Stop {
+    /// Why a check did not run because of this stop: `KIND: REASON`.
+    pub fn not_run_reason(&self) -> String {
+        format!("{}: {}", self.kind.as_str(), self.reason)
+    }
+}
+
 /// Everything a reporter hears.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -116,7 +116,7 @@ pub fn run(
             });
         }
         if let Some(s) = &stop {
-            let reason = format!("{}: {}", s.kind.as_str(), s.reason);
+            let reason = s.not_run_reason();
             emit(Event::CheckFinished(Box::new(record(
                 c,
                 Status::NotRun,
@@ -152,7 +152,7 @@ fn run_one(
     emit: &mut dyn FnMut(Event),
 ) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| {
-        let reason = format!("{}: {}", s.kind.as_str(), s.reason);
+        let reason = s.not_run_reason();
         (record(c, Status::NotRun, Some(reason)), Some(s))
     };
     let mut rec = record(c, Status::Failed, None);

@@ -196,7 +196,8 @@ pub struct Vm {
     _temp_dir: Option<tempfile::TempDir>,
 }
 
-fn mem_available_mib() -> Option<u64> {
+/// MemAvailable of the host in MiB.
+pub fn mem_available_mib() -> Option<u64> {
     let text = fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

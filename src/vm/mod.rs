@@ -15,4 +15,4 @@ pub mod qmp;
 pub mod seed;
 
 pub use config::{AccelChoice, Boot, BootTimeouts, GuestForward, VmConfig};
-pub use machine::{BootTimings, Phase, Vm, VmError};
+pub use machine::{mem_available_mib, BootTimings, Phase, Vm, VmError};

@@ -182,3 +182,22 @@ pub fn direct_boot(layout: &Path) -> nodegate::vm::Boot {
             .to_string(),
     }
 }
+
+/// Pids of QEMU processes whose command line mentions `needle`.
+#[allow(dead_code)]
+pub fn qemu_pids_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

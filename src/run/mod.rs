@@ -123,21 +123,22 @@ fn verify(config: &RunConfig) -> Result<Verification, RunError> {
         config.signature.clone(),
         config.min_version,
     )?;
-    if let (Verification::Verified(v), Some(img)) = (&v, &config.image) {
-        let mut v = v.clone();
-        if let Err(e) = same_disk(img, &v) {
-            return Ok(Verification::Refused(e));
+    match (v, &config.image) {
+        (Verification::Verified(mut v), Some(img)) => {
+            if let Err(e) = same_disk(img, &v) {
+                return Ok(Verification::Refused(e));
+            }
+            if let Some(a) = v
+                .artifacts
+                .iter_mut()
+                .find(|a| a.role == ArtifactRole::Disk)
+            {
+                a.path = img.clone();
+            }
+            Ok(Verification::Verified(v))
         }
-        if let Some(a) = v
-            .artifacts
-            .iter_mut()
-            .find(|a| a.role == ArtifactRole::Disk)
-        {
-            a.path = img.clone();
-        }
-        return Ok(Verification::Verified(v));
+        (v, _) => Ok(v),
     }
-    Ok(v)
 }
 
 /// Verifies one manifest (image or bundle) with the run's trust store.

@@ -105,6 +105,20 @@ pub fn diagnose() -> Vec<Finding> {
             true,
         ),
         tool(
+            "debugfs",
+            "debugfs",
+            &["-V"],
+            "reading the image offline: checks like kubelet::no_baked_ssh_host_keys",
+            false,
+        ),
+        tool(
+            "partx",
+            "partx",
+            &["--version"],
+            "finding the root partition of a partitioned disk, offline",
+            false,
+        ),
+        tool(
             "socat",
             "socat",
             &["-V"],

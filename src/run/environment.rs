@@ -402,6 +402,7 @@ impl Environment for NodeEnvironment<'_> {
         let mut env = CheckEnv {
             profile: &self.config.profile,
             verification: &self.verification,
+            disk: &self.disk,
             bundle: self.bundle.as_ref(),
             guest,
             member,

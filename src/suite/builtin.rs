@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::context::{Attempt, CheckEnv, Failure};
-use super::{agent_checks, cluster_checks, guest_checks, integrity_checks, upgrade_checks};
+use super::{
+    agent_checks, cluster_checks, guest_checks, image_checks, integrity_checks, upgrade_checks,
+};
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +51,14 @@ const SPECS: &[Spec] = &[
         destructive: false,
     },
     Spec {
+        name: "image-files-absent",
+        need: Need::Manifest,
+        required: &["paths"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
         name: "service-active",
         need: Need::Guest,
         required: &["unit"],
@@ -84,6 +94,14 @@ const SPECS: &[Spec] = &[
         name: "node-ready",
         need: Need::Node,
         required: &["budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "node-runtime-ready",
+        need: Need::Node,
+        required: &[],
         optional: &[],
         open: false,
         destructive: false,
@@ -240,6 +258,7 @@ impl Builtin {
     pub fn validate_values(&self) -> Result<(), String> {
         match self.name.as_str() {
             "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
+            "image-files-absent" => image_checks::patterns(self.param("paths")).map(|_| ()),
             "hot-upgrade" => self.duration("ready_budget").map(|_| ()),
             "node-ready" | "agent-registers" | "agent-reconnects" => {
                 self.duration("budget").map(|_| ())
@@ -270,11 +289,13 @@ impl Builtin {
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         match self.name.as_str() {
             "manifest" => integrity_checks::manifest(self, env, attempt),
+            "image-files-absent" => image_checks::files_absent(self, env, attempt),
             "service-active" => guest_checks::service_active(self, env, attempt),
             "service-recovers" => guest_checks::service_recovers(self, env, attempt),
             "guest-files" => guest_checks::guest_files(env, attempt),
             "process-exe" => guest_checks::process_exe(self, env, attempt),
             "node-ready" => cluster_checks::node_ready(self, env, attempt),
+            "node-runtime-ready" => cluster_checks::runtime_ready(env, attempt),
             "node-info" => cluster_checks::node_info(self, env, attempt),
             "node-taints" => cluster_checks::node_taints(self, env, attempt),
             "pod-runs" => cluster_checks::pod_runs(self, env, attempt),

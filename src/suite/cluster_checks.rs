@@ -73,6 +73,69 @@ pub fn node_ready(
     wait_node_ready(env, attempt)
 }
 
+/// The container runtime as the kubelet reports it in the Node's Ready condition.
+#[derive(Debug, PartialEq, Eq)]
+struct RuntimeView {
+    runtime_ready: bool,
+    network_ready: bool,
+    /// `Ready=STATUS (REASON: MESSAGE)`.
+    condition: String,
+}
+
+/// Reads the kubelet's view of the runtime (the CRI `Status` call's RuntimeReady and
+/// NetworkReady) from the Ready condition: the kubelet is Ready only when both hold, and
+/// names the one that does not in the condition's message.
+fn runtime_view(node: &Value) -> RuntimeView {
+    let c = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+    let field = |k: &str| c.and_then(|c| c[k].as_str()).unwrap_or("").to_string();
+    let (status, reason, message) = (field("status"), field("reason"), field("message"));
+    let ready = status == "True";
+    let runtime_down = [
+        "container runtime is down",
+        "container runtime not ready",
+        "runtime status check may not have completed",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    let known = c.is_some() && !runtime_down;
+    RuntimeView {
+        runtime_ready: ready || known,
+        network_ready: ready || (known && !message.contains("network not ready")),
+        condition: if c.is_some() {
+            format!("Ready={status} ({reason}: {message})")
+        } else {
+            "no Ready condition".into()
+        },
+    }
+}
+
+/// `node-runtime-ready`: the kubelet sees the runtime's CRI socket answer with
+/// RuntimeReady and NetworkReady, as its node status reports.
+pub fn runtime_ready(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let m = env.member()?;
+    let node = get_node(m.kubectl, m.node.name(), attempt)?;
+    let v = runtime_view(&node);
+    let found = format!(
+        "RuntimeReady={} NetworkReady={}",
+        v.runtime_ready, v.network_ready
+    );
+    attempt.note(format!("{found}; {}", v.condition));
+    if v.runtime_ready && v.network_ready && v.condition.starts_with("Ready=True") {
+        return Ok(());
+    }
+    Err(Failure::mismatch(
+        format!(
+            "the kubelet on {} reports the container runtime not ready: {}; see containerd.log and kubelet.log in the artifacts",
+            m.node.name(),
+            v.condition
+        ),
+        "RuntimeReady=true NetworkReady=true",
+        found,
+    ))
+}
+
 /// `node-info`: each param names a field of `status.nodeInfo` and its expected value.
 pub fn node_info(
     b: &Builtin,
@@ -352,6 +415,42 @@ pub fn pod_serves(
 
 #[cfg(test)]
 mod tests {
+    use super::runtime_view;
+    use serde_json::{json, Value};
+
+    fn node_with(status: &str, reason: &str, message: &str) -> Value {
+        json!({"status": {"conditions": [
+            {"type": "MemoryPressure", "status": "False"},
+            {"type": "Ready", "status": status, "reason": reason, "message": message}
+        ]}})
+    }
+
+    #[test]
+    fn runtime_view_reads_the_kubelets_ready_condition() {
+        let ok = runtime_view(&node_with(
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ));
+        assert!(ok.runtime_ready && ok.network_ready, "{ok:?}");
+        let no_cni = runtime_view(&node_with(
+            "False",
+            "KubeletNotReady",
+            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
+        ));
+        assert!(no_cni.runtime_ready && !no_cni.network_ready, "{no_cni:?}");
+        assert!(no_cni.condition.contains("cni plugin not initialized"));
+        let down = runtime_view(&node_with(
+            "False",
+            "KubeletNotReady",
+            "container runtime is down",
+        ));
+        assert!(!down.runtime_ready && !down.network_ready, "{down:?}");
+        let none = runtime_view(&json!({"status": {}}));
+        assert!(!none.runtime_ready && !none.network_ready);
+        assert_eq!(none.condition, "no Ready condition");
+    }
+
     #[test]
     fn cidr_membership() {
         use super::in_cidr;

@@ -58,6 +58,8 @@ pub struct CheckEnv<'a> {
     pub profile: &'a Profile,
     /// Pre-boot verification.
     pub verification: &'a Verification,
+    /// The disk image the VMs boot from (empty when the manifest has none).
+    pub disk: &'a std::path::Path,
     /// The upgrade bundle's verification (`--upgrade-bundle`).
     pub bundle: Option<&'a Verification>,
     /// The booted guest, for checks that need one.

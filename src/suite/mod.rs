@@ -8,6 +8,7 @@ mod cluster_checks;
 pub mod command;
 pub mod context;
 mod guest_checks;
+mod image_checks;
 mod integrity_checks;
 pub mod plan;
 mod upgrade_checks;

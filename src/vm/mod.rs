@@ -12,6 +12,7 @@ pub mod disk;
 mod machine;
 pub mod qemu;
 pub mod qmp;
+pub mod rootfs;
 pub mod seed;
 
 pub use config::{AccelChoice, Boot, BootTimeouts, GuestForward, VmConfig};

@@ -77,6 +77,31 @@ impl Out {
         ]
     }
 
+    /// Runs the real suites on an unsigned `manifest` (a negative image) with `profile`.
+    fn run_unsigned(&self, manifest: &Path, profile: &str, extra: &[&str]) -> common::Run {
+        let suites = repo("suites");
+        let mut args = vec![
+            "run",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--allow-unsigned",
+            "--profile",
+            profile,
+            "--suites",
+            &suites,
+            "--accel",
+            "tcg",
+            "--json",
+            "report.json",
+            "--junit",
+            "junit.xml",
+            "--artifacts",
+            "artifacts",
+        ];
+        args.extend_from_slice(extra);
+        common::run(&args, self.dir.path())
+    }
+
     fn junit(&self) -> Report {
         Report::deserialize_from_str(&std::fs::read_to_string(self.path("junit.xml")).unwrap())
             .unwrap()
@@ -386,31 +411,37 @@ fn unsigned_manifest(layout: &Path, dir: &Path) -> PathBuf {
         }
     }
     common::ok(&["keygen", "--out", "k"], dir);
-    common::ok(
-        &[
-            "manifest",
-            "create",
-            "--image",
-            "root.qcow2",
-            "--name",
-            "panic",
-            "--image-version",
-            "1",
-            "--key",
-            "k.pub",
-            "--artifact",
-            "kernel=vmlinuz",
-            "--artifact",
-            "initrd=initrd.img",
-            "--artifact",
-            "cmdline=cmdline",
-            "--component",
-            "containerd=1.6.20~ds1",
-            "--out",
-            "node.manifest.json",
-        ],
-        dir,
-    );
+    // The negative images come from the same build as v1: the same components.
+    let v1 = common::testbed("signed", "v1-direct").join("v1-direct/node.manifest.json");
+    let v1: serde_json::Value = serde_json::from_slice(&std::fs::read(v1).unwrap()).unwrap();
+    let components: Vec<String> = v1["components"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(k, v)| ["--component".into(), format!("{k}={}", v.as_str().unwrap())])
+        .collect();
+    let mut args = vec![
+        "manifest",
+        "create",
+        "--image",
+        "root.qcow2",
+        "--name",
+        "negative",
+        "--image-version",
+        "1",
+        "--key",
+        "k.pub",
+        "--artifact",
+        "kernel=vmlinuz",
+        "--artifact",
+        "initrd=initrd.img",
+        "--artifact",
+        "cmdline=cmdline",
+        "--out",
+        "node.manifest.json",
+    ];
+    args.extend(components.iter().map(String::as_str));
+    common::ok(&args, dir);
     dir.join("node.manifest.json")
 }
 
@@ -420,27 +451,11 @@ fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
     let layout = common::testbed("image/neg/kernel-panic", "root.qcow2");
     let o = out();
     let manifest = unsigned_manifest(&layout, o.dir.path());
-    let args = [
-        "run",
-        "--manifest",
-        manifest.to_str().unwrap(),
-        "--allow-unsigned",
-        "--profile",
+    let r = o.run_unsigned(
+        &manifest,
         &repo("profiles/debian-fixture.toml"),
-        "--suites",
-        &repo("suites"),
-        "--suite",
-        "containerd",
-        "--accel",
-        "tcg",
-        "--json",
-        "report.json",
-        "--junit",
-        "junit.xml",
-        "--artifacts",
-        "artifacts",
-    ];
-    let r = common::run(&args, o.dir.path());
+        &["--suite", "containerd"],
+    );
     assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
     let json = o.json();
     assert_eq!(json["verdict"], "error");
@@ -469,6 +484,84 @@ fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
     assert!(std::fs::read_to_string(console)
         .unwrap()
         .contains("Kernel panic"));
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+#[test]
+fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = common::testbed("image/neg/kubelet-crashloop", "root.qcow2");
+    let o = out();
+    let manifest = unsigned_manifest(&layout, o.dir.path());
+    // The fixture profile with a shorter join budget (a healthy node joins in 30-55 s
+    // under TCG): this node never will, and the test need not wait 600 s to show it.
+    let profile = std::fs::read_to_string(repo("profiles/debian-fixture.toml")).unwrap();
+    let short = profile.replace("join = \"600s\"", "join = \"120s\"");
+    assert_ne!(short, profile, "the profile's join budget moved");
+    std::fs::write(o.path("profile.toml"), short).unwrap();
+    let r = o.run_unsigned(
+        &manifest,
+        "profile.toml",
+        &["--suite", "kubelet", "--control-plane", "local"],
+    );
+    // An image fault: checks failed (1), not an infrastructure error (5).
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    assert_eq!(json["verdict"], "failed");
+    assert_eq!(json["stop"]["kind"], "node");
+    assert_eq!(json["stop"]["phase"], "join");
+    let ready = check_in(&json, "id", "kubelet::node_ready");
+    assert_eq!(ready["status"], "failed", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    eprintln!("kubelet::node_ready: {message}");
+    for part in [
+        "kubeadm join",
+        "kubelet.service ",
+        "unknown flag: --nodegate-broken-flag",
+        "kubelet.log",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    // The guest checks ran before the join; the other node checks did not run, saying why.
+    for id in [
+        "kubelet::version",
+        "kubelet::swap_off",
+        "kubelet::no_baked_ssh_host_keys",
+    ] {
+        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
+    }
+    for id in [
+        "kubelet::healthz",
+        "kubelet::pinned_pod_runs",
+        "kubelet::recovers_from_kill",
+    ] {
+        let c = check_in(&json, "id", id);
+        assert_eq!(c["status"], "not-run", "{id}");
+        assert!(c["reason"].as_str().unwrap().starts_with("node: "), "{c}");
+    }
+    let junit = o.junit();
+    let case = junit
+        .test_suites
+        .iter()
+        .flat_map(|s| &s.test_cases)
+        .find(|c| c.name.as_str() == "node_ready")
+        .expect("node_ready in the JUnit");
+    match &case.status {
+        TestCaseStatus::NonSuccess { message, .. } => {
+            assert!(message.as_ref().unwrap().as_str().contains("unknown flag"))
+        }
+        s => panic!("node_ready must fail in the JUnit: {s:?}"),
+    }
+    let kubelet_log = json["artifacts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("/kubelet"))
+        .map(|(_, v)| o.path(v.as_str().unwrap()))
+        .expect("the kubelet's log is kept");
+    assert!(std::fs::read_to_string(kubelet_log)
+        .unwrap()
+        .contains("unknown flag: --nodegate-broken-flag"));
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 

@@ -9,7 +9,7 @@ use base64ct::{Base64, Encoding};
 
 use super::token::{check_cluster_info, BootstrapToken};
 use super::{last_lines, ClusterError, ControlPlane, Kubectl};
-use crate::ssh::SshSession;
+use crate::ssh::{SshError, SshSession};
 use crate::wait::{wait_until, Poll, WaitError};
 
 /// How an image joins a cluster (from its profile).
@@ -336,7 +336,15 @@ pub fn join(
         JoinMethod::Script { .. } => ssh.upload_bytes(cp.ca_pem.as_bytes(), CA_UPLOAD, 0o644)?,
     }
     let command = node_command(&config.method, &endpoint, &tok, &pin, node);
-    let out = ssh.exec(&command, config.budget)?;
+    let out = ssh.exec(&command, config.budget).map_err(|e| match e {
+        SshError::Timeout { partial, .. } => ClusterError::JoinTimedOut {
+            node: node.into(),
+            method: config.method.name(),
+            budget: config.budget,
+            partial: last_lines(&partial, 2),
+        },
+        e => e.into(),
+    })?;
     if !out.success() {
         let text = format!("{}\n{}", out.stdout, out.stderr);
         if text.contains("none of the public keys") {

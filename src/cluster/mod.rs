@@ -181,6 +181,18 @@ pub enum ClusterError {
         /// Its last output lines.
         output: String,
     },
+    /// The join method was still running on the node when the budget ran out.
+    #[error("node {node}: {method} join still running after {}: {partial}", humantime::format_duration(*budget))]
+    JoinTimedOut {
+        /// The node.
+        node: String,
+        /// The method.
+        method: &'static str,
+        /// The join budget.
+        budget: Duration,
+        /// Its last output.
+        partial: String,
+    },
     /// The node did not register or become Ready in time.
     #[error("node {node}: not {what} within {budget:?} ({last})")]
     NotReady {
@@ -225,9 +237,24 @@ impl ClusterError {
             | ClusterError::Unreachable { .. }
             | ClusterError::ClusterInfo(_)
             | ClusterError::JoinFailed { .. }
+            | ClusterError::JoinTimedOut { .. }
             | ClusterError::NotReady { .. }
             | ClusterError::Ssh(_) => exit::ENVIRONMENT,
         }
+    }
+}
+
+impl ClusterError {
+    /// Whether the node, not the control plane or the host, failed: the VM was reachable
+    /// and the cluster answered, but the join command failed or ran out of time, or the
+    /// Node never registered or became Ready (a broken kubelet, say).
+    pub fn is_node_fault(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::JoinFailed { .. }
+                | ClusterError::JoinTimedOut { .. }
+                | ClusterError::NotReady { .. }
+        )
     }
 }
 

@@ -290,6 +290,17 @@ impl<'c> NodeEnvironment<'c> {
                     });
                     Ok((node, token))
                 }
+                Err(e) if e.is_node_fault() => {
+                    let unit = &self.config.profile.services.kubelet;
+                    let diagnosis = artifacts::unit_diagnosis(m, unit);
+                    artifacts::collect_logs(m, &artifacts_dir, &self.config.profile, emit);
+                    let logs = machine_dir(&artifacts_dir, &m.name).join("kubelet.log");
+                    Err(stop(
+                        StopKind::Node,
+                        Phase::Join,
+                        format!("{e}; {diagnosis} (log: {})", logs.display()),
+                    ))
+                }
                 Err(e) => {
                     let s = fail(e);
                     artifacts::collect_logs(m, &artifacts_dir, &self.config.profile, emit);

@@ -118,6 +118,11 @@ pub enum StopKind {
     Integrity,
     /// Boot, join or the control plane failed.
     Infrastructure,
+    /// The node booted and the cluster answered, but the node did not join or become
+    /// Ready: the image (its kubelet, its join path) is at fault. The checks that judge
+    /// the join fail with the reason; the run ends as failed, not as an infrastructure
+    /// error.
+    Node,
     /// SIGINT or SIGTERM.
     Interrupted,
     /// `--fail-fast` after a failed check.
@@ -130,6 +135,7 @@ impl StopKind {
         match self {
             StopKind::Integrity => "integrity",
             StopKind::Infrastructure => "infrastructure",
+            StopKind::Node => "node",
             StopKind::Interrupted => "interrupted",
             StopKind::FailFast => "fail-fast",
         }

@@ -58,13 +58,28 @@ fn record(c: &Check, status: Status, reason: Option<String>) -> CheckRecord {
     }
 }
 
+/// The record of a check that could not run because of `s`: a check that judges the
+/// join fails with a node stop's reason; every other check is not run.
+fn stopped(c: &Check, s: &Stop) -> CheckRecord {
+    if s.kind == StopKind::Node && c.judges_join() {
+        let mut r = record(c, Status::Failed, None);
+        r.attempts.push(AttemptRecord {
+            duration: std::time::Duration::ZERO,
+            failure: Some(Failure::new(s.reason.clone())),
+            transcript: String::new(),
+        });
+        return r;
+    }
+    record(c, Status::NotRun, Some(s.not_run_reason()))
+}
+
 /// The exit code for a run that stopped with `stop` and has `failed` failed checks.
 pub fn exit_code(stop: Option<&Stop>, failed: usize) -> i32 {
     match stop.map(|s| s.kind) {
         Some(StopKind::Interrupted) => exit::INTERRUPTED,
         Some(StopKind::Infrastructure) => exit::ENVIRONMENT,
         Some(StopKind::Integrity) => exit::INTEGRITY,
-        Some(StopKind::FailFast) => exit::CHECKS_FAILED,
+        Some(StopKind::FailFast | StopKind::Node) => exit::CHECKS_FAILED,
         None if failed > 0 => exit::CHECKS_FAILED,
         None => exit::PASS,
     }
@@ -116,19 +131,17 @@ pub fn run(
             });
         }
         if let Some(s) = &stop {
-            let reason = s.not_run_reason();
-            emit(Event::CheckFinished(Box::new(record(
-                c,
-                Status::NotRun,
-                Some(reason),
-            ))));
+            let rec = stopped(c, s);
+            failed += usize::from(rec.status == Status::Failed);
+            emit(Event::CheckFinished(Box::new(rec)));
             continue;
         }
-        let (rec, stopped) = run_one(c, options, env, emit);
+        let (rec, stop_now) = run_one(c, options, env, emit);
         let status = rec.status;
         emit(Event::CheckFinished(Box::new(rec)));
-        if stopped.is_some() {
-            stop = stopped;
+        if stop_now.is_some() {
+            failed += usize::from(status == Status::Failed);
+            stop = stop_now;
         } else if status == Status::Failed {
             failed += 1;
             if options.fail_fast {
@@ -151,10 +164,7 @@ fn run_one(
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
 ) -> (CheckRecord, Option<Stop>) {
-    let not_run = |s: Stop| {
-        let reason = s.not_run_reason();
-        (record(c, Status::NotRun, Some(reason)), Some(s))
-    };
+    let not_run = |s: Stop| (stopped(c, &s), Some(s));
     let mut rec = record(c, Status::Failed, None);
     for n in 1..=options.retries + 1 {
         let prepared = if c.destructive {

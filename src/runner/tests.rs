@@ -184,6 +184,52 @@ fn a_boot_failure_stops_guest_checks_but_not_manifest_checks() {
 }
 
 #[test]
+fn a_node_that_does_not_join_fails_the_join_check_wherever_it_sits() {
+    let mut ready = check("ready", Need::Node, false);
+    ready.kind = CheckKind::Builtin(Builtin {
+        name: "node-ready".into(),
+        params: Default::default(),
+    });
+    // The join is attempted for `first`; `ready` comes later and still fails by name.
+    let checks = vec![
+        check("g", Need::Guest, false),
+        check("first", Need::Node, false),
+        ready,
+        check("later", Need::Node, true),
+    ];
+    let mut env = Scripted {
+        refuse: Some((Need::Node, StopKind::Node)),
+        ..Default::default()
+    };
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(
+        code,
+        exit::CHECKS_FAILED,
+        "an image fault, not the environment"
+    );
+    let status: Vec<Status> = r.iter().map(|r| r.status).collect();
+    assert_eq!(
+        status,
+        [
+            Status::Passed,
+            Status::NotRun,
+            Status::Failed,
+            Status::NotRun
+        ]
+    );
+    assert_eq!(r[2].failure().unwrap().message, "qemu: no");
+    assert_eq!(r[1].reason.as_deref(), Some("node: qemu: no"));
+    // The same stop as infrastructure: the join check is not run, exit 5.
+    let mut env = Scripted {
+        refuse: Some((Need::Node, StopKind::Infrastructure)),
+        ..Default::default()
+    };
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::ENVIRONMENT);
+    assert_eq!(r[2].status, Status::NotRun);
+}
+
+#[test]
 fn destructive_checks_run_last_on_a_fresh_vm_per_attempt() {
     let checks = order(vec![
         check("d", Need::Node, true),

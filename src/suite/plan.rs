@@ -47,6 +47,12 @@ impl Check {
         format!("{}::{}", self.suite, self.name)
     }
 
+    /// Whether this check judges the node's join (`node-ready`): when the image's node
+    /// fails to join, it fails with the reason instead of not running.
+    pub fn judges_join(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if b.name == "node-ready")
+    }
+
     /// Runs one attempt.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         match &self.kind {

@@ -83,55 +83,103 @@ fn both_test_bed_layouts_ship_no_host_keys() {
     }
 }
 
-#[test]
-fn baked_host_keys_fail_the_check_by_name() {
-    let layout = common::testbed("image/direct", "root.qcow2");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // Image v1 with the host keys an image build forgot to remove.
-    let raw = d.join("baked.raw");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(layout.join("root.qcow2"))
-        .arg(&raw));
-    std::fs::write(d.join("key"), "not really a key\n").unwrap();
-    for name in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
-        sh(Command::new("debugfs")
-            .arg("-w")
-            .arg("-R")
-            .arg(format!("write {} /etc/ssh/{name}", d.join("key").display()))
-            .arg(&raw));
-    }
-    let disk = d.join("baked.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&disk));
-    std::fs::remove_file(&raw).unwrap();
-
-    let (code, check) = hygiene(&disk, d);
-    assert_eq!(code, 1, "{check}");
-    assert_eq!(check["status"], "failed");
-    let message = check["message"].as_str().unwrap();
-    assert!(
-        message.contains("/etc/ssh/ssh_host_ed25519_key, /etc/ssh/ssh_host_ed25519_key.pub"),
-        "{message}"
-    );
-    assert_eq!(check["expected"], "none of /etc/ssh/ssh_host_*");
-    let junit = std::fs::read_to_string(d.join("junit.xml")).unwrap();
-    assert!(junit.contains("ssh_host_ed25519_key"), "{junit}");
+/// Byte offset of partition `n` of `raw` (partx counts 512-byte sectors).
+fn partition_start(raw: &Path, n: u32) -> u64 {
+    let out = Command::new("partx")
+        .args(["-g", "-r", "-o", "START", "-n", &n.to_string()])
+        .arg(raw)
+        .output()
+        .unwrap();
+    let start: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    start * 512
 }
 
 #[test]
-fn a_disk_without_an_ext_root_fails_with_a_clear_message() {
+fn baked_host_keys_fail_the_check_by_name() {
+    // Image v1 in both layouts, with the host keys an image build forgot to remove.
+    for (layout, file, root_partition) in [
+        ("image/direct", "root.qcow2", None),
+        ("image/efi", "disk.qcow2", Some(2)),
+    ] {
+        let base = common::testbed(layout, file).join(file);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let raw = d.join("baked.raw");
+        sh(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&base)
+            .arg(&raw));
+        let offset = root_partition.map_or(0, |n| partition_start(&raw, n));
+        std::fs::write(d.join("key"), "not really a key\n").unwrap();
+        for name in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+            sh(Command::new("debugfs")
+                .arg("-w")
+                .arg("-R")
+                .arg(format!("write {} /etc/ssh/{name}", d.join("key").display()))
+                .arg(format!("{}?offset={offset}", raw.display())));
+        }
+        let disk = d.join("baked.qcow2");
+        sh(Command::new("qemu-img")
+            .args(["convert", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&disk));
+        std::fs::remove_file(&raw).unwrap();
+
+        let (code, check) = hygiene(&disk, d);
+        assert_eq!(code, 1, "{layout}: {check}");
+        assert_eq!(check["status"], "failed");
+        let message = check["message"].as_str().unwrap();
+        assert!(
+            message.contains(
+                "ships /etc/ssh/ssh_host_ed25519_key, /etc/ssh/ssh_host_ed25519_key.pub:"
+            ),
+            "{layout}: {message}"
+        );
+        assert_eq!(check["expected"], "none of /etc/ssh/ssh_host_*");
+        let junit = std::fs::read_to_string(d.join("junit.xml")).unwrap();
+        assert!(junit.contains("ssh_host_ed25519_key"), "{junit}");
+    }
+}
+
+#[test]
+fn a_disk_without_an_ext_root_fails_saying_what_was_tried() {
     let dir = tempfile::tempdir().unwrap();
+    // An MBR boot signature and nothing else: a disk, but no file system on it.
     let disk: PathBuf = dir.path().join("blank.raw");
-    common::write_image(&disk, 4 << 20);
+    let mut bytes = vec![0u8; 4 << 20];
+    bytes[510] = 0x55;
+    bytes[511] = 0xaa;
+    std::fs::write(&disk, bytes).unwrap();
     let (code, check) = hygiene(&disk, dir.path());
     assert_eq!(code, 1, "{check}");
     let message = check["message"].as_str().unwrap();
     assert!(
-        message.contains("blank.raw: no ext2/3/4 root file system"),
+        message.contains("blank.raw: no ext2/3/4 root file system with /etc")
+            && message.contains("tried 0 ("),
         "{message}"
     );
+}
+
+#[test]
+fn an_ext_root_debugfs_cannot_read_fails_instead_of_passing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A real ext4 root with a host key, marked with an incompatible feature no e2fsprogs
+    // knows: nodegate cannot look inside, so the check must fail, not pass.
+    std::fs::create_dir_all(d.join("tree/etc/ssh")).unwrap();
+    std::fs::write(d.join("tree/etc/ssh/ssh_host_rsa_key"), "key\n").unwrap();
+    let disk = d.join("future.raw");
+    sh(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(d.join("tree"))
+        .arg(&disk)
+        .arg("16M"));
+    let mut bytes = std::fs::read(&disk).unwrap();
+    // s_feature_incompat: superblock at 1024, field at 0x60, little endian.
+    bytes[1024 + 0x60 + 3] |= 0x80;
+    std::fs::write(&disk, bytes).unwrap();
+    let (code, check) = hygiene(&disk, d);
+    assert_eq!(code, 1, "{check}");
+    let message = check["message"].as_str().unwrap();
+    assert!(message.contains("unsupported feature"), "{message}");
 }

@@ -199,6 +199,41 @@ fn wait_err(e: WaitError, node: &str, what: &'static str, budget: Duration) -> C
     }
 }
 
+/// Polls the Node until `judge` is satisfied, within `left`. When the last poll could not
+/// reach the API server, that error is returned rather than `NotReady`: the control
+/// plane failed, not the node.
+fn wait_node(
+    cp: &ControlPlane,
+    node: &str,
+    what: &'static str,
+    budget: Duration,
+    left: Duration,
+    judge: impl Fn(Option<&serde_json::Value>) -> Poll<()>,
+) -> Result<(), ClusterError> {
+    let mut api_error = None;
+    let r = wait_until(
+        format!("node {node} {what}"),
+        left,
+        Duration::from_secs(2),
+        || match cp.kubectl.get("node", None, node) {
+            Ok(n) => {
+                api_error = None;
+                judge(n.as_ref())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                api_error = Some(e);
+                Poll::Pending(msg)
+            }
+        },
+    );
+    match (r, api_error) {
+        (Ok(()), _) => Ok(()),
+        (Err(WaitError::Timeout { .. }), Some(e)) => Err(e),
+        (Err(e), _) => Err(wait_err(e, node, what, budget)),
+    }
+}
+
 /// Checks what can be checked on the host: the token is live and known, the CA pin
 /// matches the cluster CA, no Node has this name yet.
 pub fn preflight(
@@ -366,44 +401,37 @@ pub fn join(
     joined.timings.join_command = start.elapsed();
 
     let remaining = || config.budget.saturating_sub(start.elapsed());
-    wait_until(
-        format!("node {node} to register"),
+    wait_node(
+        cp,
+        node,
+        "registered",
+        config.budget,
         remaining(),
-        Duration::from_secs(2),
-        || match cp.kubectl.get("node", None, node) {
-            Ok(Some(_)) => Poll::Ready(()),
-            Ok(None) => Poll::Pending("no Node object yet".into()),
-            Err(e) => Poll::Pending(e.to_string()),
+        |n| match n {
+            Some(_) => Poll::Ready(()),
+            None => Poll::Pending("no Node object yet".into()),
         },
-    )
-    .map_err(|e| wait_err(e, node, "registered", config.budget))?;
+    )?;
     joined.timings.register = start.elapsed();
-    wait_until(
-        format!("node {node} Ready"),
-        remaining(),
-        Duration::from_secs(2),
-        || match cp.kubectl.get("node", None, node) {
-            Ok(Some(n)) => {
-                let ready = n["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|c| c["type"] == "Ready");
-                match ready {
-                    Some(c) if c["status"] == "True" => Poll::Ready(()),
-                    Some(c) => Poll::Pending(format!(
-                        "Ready={} ({})",
-                        c["status"].as_str().unwrap_or("?"),
-                        c["message"].as_str().unwrap_or("")
-                    )),
-                    None => Poll::Pending("no Ready condition yet".into()),
-                }
-            }
-            Ok(None) => Poll::Pending("Node object gone".into()),
-            Err(e) => Poll::Pending(e.to_string()),
-        },
-    )
-    .map_err(|e| wait_err(e, node, "Ready", config.budget))?;
+    wait_node(cp, node, "Ready", config.budget, remaining(), |n| {
+        let Some(n) = n else {
+            return Poll::Pending("Node object gone".into());
+        };
+        let ready = n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready");
+        match ready {
+            Some(c) if c["status"] == "True" => Poll::Ready(()),
+            Some(c) => Poll::Pending(format!(
+                "Ready={} ({})",
+                c["status"].as_str().unwrap_or("?"),
+                c["message"].as_str().unwrap_or("")
+            )),
+            None => Poll::Pending("no Ready condition yet".into()),
+        }
+    })?;
     joined.timings.ready = start.elapsed();
     Ok(joined)
 }

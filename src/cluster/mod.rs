@@ -194,7 +194,7 @@ pub enum ClusterError {
         partial: String,
     },
     /// The node did not register or become Ready in time.
-    #[error("node {node}: not {what} within {budget:?} ({last})")]
+    #[error("node {node}: not {what} within {} ({last})", humantime::format_duration(*budget))]
     NotReady {
         /// The node.
         node: String,

@@ -81,37 +81,34 @@ pub fn collect_logs(
 }
 
 /// One line on `unit` in the guest: its state, restart count and last error line, e.g.
-/// `kubelet.service activating/auto-restart, restarted 7 times, last error: "..."`.
-pub fn unit_diagnosis(m: &mut Machine, unit: &str) -> String {
+/// `kubelet.service activating/auto-restart, restarted 7 times, last error: "..."`. An
+/// error means the guest no longer answers over SSH.
+pub fn unit_diagnosis(m: &mut Machine, unit: &str) -> Result<String, crate::ssh::SshError> {
     let q = crate::suite::context::shell_quote(unit);
     let cmd = format!(
         "systemctl show -p ActiveState,SubState,NRestarts {q} | paste -sd' '; \
-         sudo journalctl -b -o cat --no-pager _SYSTEMD_UNIT={q} | grep -E '^(Error|error)[: ]|^[EF][0-9]{{4}} |unknown flag' | tail -n 1"
+         sudo journalctl -b -o cat --no-pager -u {q} | grep -E '^(Error|error)[: ]|^[EF][0-9]{{4}} |unknown flag' | tail -n 1"
     );
-    match m.ssh().exec(&cmd, Duration::from_secs(60)) {
-        Ok(o) => {
-            let mut lines = o.stdout.lines();
-            // `KEY=VALUE` pairs, in systemd's order rather than ours.
-            let state: std::collections::BTreeMap<&str, &str> = lines
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('='))
-                .collect();
-            let last = lines.next().unwrap_or("").trim();
-            let get = |k: &str| state.get(k).copied().unwrap_or("?");
-            let mut d = format!(
-                "{unit} {}/{}, restarted {} times",
-                get("ActiveState"),
-                get("SubState"),
-                get("NRestarts")
-            );
-            if !last.is_empty() {
-                let short: String = last.chars().take(200).collect();
-                d.push_str(&format!(", last error: {short:?}"));
-            }
-            d
-        }
-        Err(e) => format!("{unit}: not inspected ({e})"),
+    let o = m.ssh().exec(&cmd, Duration::from_secs(20))?;
+    let mut lines = o.stdout.lines();
+    // `KEY=VALUE` pairs, in systemd's order rather than ours.
+    let state: std::collections::BTreeMap<&str, &str> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let last = lines.next().unwrap_or("").trim();
+    let get = |k: &str| state.get(k).copied().unwrap_or("?");
+    let mut d = format!(
+        "{unit} {}/{}, restarted {} times",
+        get("ActiveState"),
+        get("SubState"),
+        get("NRestarts")
+    );
+    if !last.is_empty() {
+        let short: String = last.chars().take(200).collect();
+        d.push_str(&format!(", last error: {short:?}"));
     }
+    Ok(d)
 }

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use crate::agent_endpoint::{AgentEndpoint, EndpointConfig};
 use crate::cluster::{self, BootstrapToken, ControlPlane, JoinConfig, JoinMethod, JoinedNode};
 use crate::exit;
+use crate::interrupt;
 use crate::profile::JoinMethodName;
 use crate::runner::{Environment, Event, Phase, Stop, StopKind};
 use crate::ssh::SshSession;
+use crate::suite::context::shell_quote;
 use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verification};
 use crate::vm::{Boot, GuestForward, Vm, VmConfig};
 
@@ -290,15 +292,42 @@ impl<'c> NodeEnvironment<'c> {
                     });
                     Ok((node, token))
                 }
+                Err(_) if interrupt::interrupted() => Err(stop(
+                    StopKind::Interrupted,
+                    Phase::Join,
+                    "interrupted during the join".into(),
+                )),
+                // The VM and the cluster answered; the node did not join: the image's
+                // fault, if the guest still answers (else the host or the VM failed).
                 Err(e) if e.is_node_fault() => {
                     let unit = &self.config.profile.services.kubelet;
-                    let diagnosis = artifacts::unit_diagnosis(m, unit);
+                    let diagnosis = match artifacts::unit_diagnosis(m, unit) {
+                        Ok(d) => d,
+                        Err(ssh) => {
+                            return Err(stop(
+                                StopKind::Infrastructure,
+                                Phase::Join,
+                                format!("{e}; the guest no longer answers: {ssh}"),
+                            ))
+                        }
+                    };
                     artifacts::collect_logs(m, &artifacts_dir, &self.config.profile, emit);
+                    // A kubelet that registers late would leave a Node behind.
+                    let _ = m.ssh().exec(
+                        &format!("sudo systemctl stop {}", shell_quote(unit)),
+                        Duration::from_secs(30),
+                    );
+                    let _ = cp.kubectl.delete("node", None, &m.name);
                     let logs = machine_dir(&artifacts_dir, &m.name).join("kubelet.log");
+                    let logs = if logs.is_file() {
+                        format!(" (log: {})", logs.display())
+                    } else {
+                        String::new()
+                    };
                     Err(stop(
                         StopKind::Node,
                         Phase::Join,
-                        format!("{e}; {diagnosis} (log: {})", logs.display()),
+                        format!("{e}; {diagnosis}{logs}"),
                     ))
                 }
                 Err(e) => {

@@ -58,10 +58,12 @@ fn record(c: &Check, status: Status, reason: Option<String>) -> CheckRecord {
     }
 }
 
-/// The record of a check that could not run because of `s`: a check that judges the
-/// join fails with a node stop's reason; every other check is not run.
-fn stopped(c: &Check, s: &Stop) -> CheckRecord {
-    if s.kind == StopKind::Node && c.judges_join() {
+/// The record of a check that could not run because of `s`. A node stop is a failure
+/// of the checks that judge the join, and of `c` itself when `blame` (it triggered the
+/// join and no check that judges it is left to run: the failure is never silent).
+/// Every other check is not run.
+fn stopped(c: &Check, s: &Stop, blame: bool) -> CheckRecord {
+    if s.kind == StopKind::Node && (blame || c.judges_join()) {
         let mut r = record(c, Status::Failed, None);
         r.attempts.push(AttemptRecord {
             duration: std::time::Duration::ZERO,
@@ -105,7 +107,7 @@ pub fn run(
     });
     let mut stop: Option<Stop> = None;
     let mut failed = 0;
-    for (c, v) in checks.iter().zip(&verdicts) {
+    for (i, (c, v)) in checks.iter().zip(&verdicts).enumerate() {
         match v {
             Verdict::Out => continue,
             Verdict::Ignored(why) => {
@@ -131,12 +133,16 @@ pub fn run(
             });
         }
         if let Some(s) = &stop {
-            let rec = stopped(c, s);
+            let rec = stopped(c, s, false);
             failed += usize::from(rec.status == Status::Failed);
             emit(Event::CheckFinished(Box::new(rec)));
             continue;
         }
-        let (rec, stop_now) = run_one(c, options, env, emit);
+        let judged_later = checks[i + 1..]
+            .iter()
+            .zip(&verdicts[i + 1..])
+            .any(|(c, v)| *v == Verdict::Run && c.judges_join());
+        let (rec, stop_now) = run_one(c, !judged_later, options, env, emit);
         let status = rec.status;
         emit(Event::CheckFinished(Box::new(rec)));
         if stop_now.is_some() {
@@ -157,14 +163,15 @@ pub fn run(
 }
 
 /// Runs one check with its retries; the stop is set when the environment could not be
-/// prepared or a signal arrived.
+/// prepared or a signal arrived. `blame`: a node stop while preparing fails this check.
 fn run_one(
     c: &Check,
+    blame: bool,
     options: RunOptions,
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
 ) -> (CheckRecord, Option<Stop>) {
-    let not_run = |s: Stop| (stopped(c, &s), Some(s));
+    let not_run = |s: Stop| (stopped(c, &s, blame), Some(s));
     let mut rec = record(c, Status::Failed, None);
     for n in 1..=options.retries + 1 {
         let prepared = if c.destructive {

@@ -219,6 +219,18 @@ fn a_node_that_does_not_join_fails_the_join_check_wherever_it_sits() {
     );
     assert_eq!(r[2].failure().unwrap().message, "qemu: no");
     assert_eq!(r[1].reason.as_deref(), Some("node: qemu: no"));
+    // Without a check that judges the join left to run, the check that needed the node
+    // fails with the reason: exit 1 always comes with a failed check.
+    let unjudged = [&checks[..2], &checks[3..]].concat();
+    let mut env = Scripted {
+        refuse: Some((Need::Node, StopKind::Node)),
+        ..Default::default()
+    };
+    let (code, r) = go(&unjudged, &mut env, RunOptions::default());
+    assert_eq!(code, exit::CHECKS_FAILED);
+    let status: Vec<Status> = r.iter().map(|r| r.status).collect();
+    assert_eq!(status, [Status::Passed, Status::Failed, Status::NotRun]);
+    assert_eq!(r[1].failure().unwrap().message, "qemu: no");
     // The same stop as infrastructure: the join check is not run, exit 5.
     let mut env = Scripted {
         refuse: Some((Need::Node, StopKind::Infrastructure)),

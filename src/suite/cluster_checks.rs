@@ -73,13 +73,32 @@ pub fn node_ready(
     wait_node_ready(env, attempt)
 }
 
-/// The container runtime as the kubelet reports it in the Node's Ready condition.
+/// The container runtime as the kubelet reports it in the Node's Ready condition:
+/// `Some(ready)` where the condition says, `None` where it does not.
 #[derive(Debug, PartialEq, Eq)]
 struct RuntimeView {
-    runtime_ready: bool,
-    network_ready: bool,
+    runtime_ready: Option<bool>,
+    network_ready: Option<bool>,
     /// `Ready=STATUS (REASON: MESSAGE)`.
     condition: String,
+}
+
+fn tri(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "unknown",
+    }
+}
+
+impl RuntimeView {
+    fn summary(&self) -> String {
+        format!(
+            "RuntimeReady={} NetworkReady={}",
+            tri(self.runtime_ready),
+            tri(self.network_ready)
+        )
+    }
 }
 
 /// Reads the kubelet's view of the runtime (the CRI `Status` call's RuntimeReady and
@@ -89,9 +108,23 @@ fn runtime_view(node: &Value) -> RuntimeView {
     let c = node["status"]["conditions"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
-    let field = |k: &str| c.and_then(|c| c[k].as_str()).unwrap_or("").to_string();
+    let Some(c) = c else {
+        return RuntimeView {
+            runtime_ready: None,
+            network_ready: None,
+            condition: "no Ready condition".into(),
+        };
+    };
+    let field = |k: &str| c[k].as_str().unwrap_or("").to_string();
     let (status, reason, message) = (field("status"), field("reason"), field("message"));
-    let ready = status == "True";
+    let condition = format!("Ready={status} ({reason}: {message})");
+    if status == "True" {
+        return RuntimeView {
+            runtime_ready: Some(true),
+            network_ready: Some(true),
+            condition,
+        };
+    }
     let runtime_down = [
         "container runtime is down",
         "container runtime not ready",
@@ -99,15 +132,17 @@ fn runtime_view(node: &Value) -> RuntimeView {
     ]
     .iter()
     .any(|m| message.contains(m));
-    let known = c.is_some() && !runtime_down;
+    let network_down = message.contains("network not ready");
+    let (runtime_ready, network_ready) = match (runtime_down, network_down) {
+        (true, _) => (Some(false), None),
+        (false, true) => (Some(true), Some(false)),
+        // Not Ready for another reason (PLEG, a kubelet that stopped posting status).
+        (false, false) => (None, None),
+    };
     RuntimeView {
-        runtime_ready: ready || known,
-        network_ready: ready || (known && !message.contains("network not ready")),
-        condition: if c.is_some() {
-            format!("Ready={status} ({reason}: {message})")
-        } else {
-            "no Ready condition".into()
-        },
+        runtime_ready,
+        network_ready,
+        condition,
     }
 }
 
@@ -117,17 +152,16 @@ pub fn runtime_ready(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<()
     let m = env.member()?;
     let node = get_node(m.kubectl, m.node.name(), attempt)?;
     let v = runtime_view(&node);
-    let found = format!(
-        "RuntimeReady={} NetworkReady={}",
-        v.runtime_ready, v.network_ready
-    );
+    let found = v.summary();
     attempt.note(format!("{found}; {}", v.condition));
-    if v.runtime_ready && v.network_ready && v.condition.starts_with("Ready=True") {
-        return Ok(());
-    }
+    let what = match (v.runtime_ready, v.network_ready) {
+        (Some(true), Some(true)) => return Ok(()),
+        (None, None) => "is not Ready, for a reason other than the runtime (see the condition)",
+        _ => "reports the container runtime not ready",
+    };
     Err(Failure::mismatch(
         format!(
-            "the kubelet on {} reports the container runtime not ready: {}; see containerd.log and kubelet.log in the artifacts",
+            "the kubelet on {} {what}: {}; see containerd.log and kubelet.log in the artifacts",
             m.node.name(),
             v.condition
         ),
@@ -427,28 +461,34 @@ mod tests {
 
     #[test]
     fn runtime_view_reads_the_kubelets_ready_condition() {
-        let ok = runtime_view(&node_with(
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status",
-        ));
-        assert!(ok.runtime_ready && ok.network_ready, "{ok:?}");
+        let view = |status, message| {
+            runtime_view(&node_with(status, "KubeletNotReady", message)).summary()
+        };
+        assert_eq!(
+            view("True", "kubelet is posting ready status"),
+            "RuntimeReady=true NetworkReady=true"
+        );
+        assert_eq!(
+            view("False", "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"),
+            "RuntimeReady=true NetworkReady=false"
+        );
+        assert_eq!(
+            view("False", "container runtime is down"),
+            "RuntimeReady=false NetworkReady=unknown"
+        );
+        assert_eq!(
+            view("Unknown", "Kubelet stopped posting node status."),
+            "RuntimeReady=unknown NetworkReady=unknown"
+        );
+        let none = runtime_view(&json!({"status": {}}));
+        assert_eq!(none.summary(), "RuntimeReady=unknown NetworkReady=unknown");
+        assert_eq!(none.condition, "no Ready condition");
         let no_cni = runtime_view(&node_with(
             "False",
             "KubeletNotReady",
-            "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized",
+            "NetworkReady=false message:cni plugin not initialized; network not ready",
         ));
-        assert!(no_cni.runtime_ready && !no_cni.network_ready, "{no_cni:?}");
         assert!(no_cni.condition.contains("cni plugin not initialized"));
-        let down = runtime_view(&node_with(
-            "False",
-            "KubeletNotReady",
-            "container runtime is down",
-        ));
-        assert!(!down.runtime_ready && !down.network_ready, "{down:?}");
-        let none = runtime_view(&json!({"status": {}}));
-        assert!(!none.runtime_ready && !none.network_ready);
-        assert_eq!(none.condition, "no Ready condition");
     }
 
     #[test]

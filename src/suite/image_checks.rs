@@ -13,6 +13,11 @@ pub fn patterns(paths: &str) -> Result<Vec<(String, String)>, String> {
             .rsplit_once('/')
             .filter(|_| p.starts_with('/'))
             .ok_or_else(|| format!("param `paths`: {p:?} is not an absolute path"))?;
+        if p.contains(['"', '[', ']', '{', '}', '\\']) {
+            return Err(format!(
+                "param `paths`: {p:?}: only `*` and `?` are understood (no quotes, brackets, braces or backslashes)"
+            ));
+        }
         if dir.contains(['*', '?']) || name.is_empty() {
             return Err(format!(
                 "param `paths`: {p:?}: globs are allowed in the file name only"
@@ -50,23 +55,36 @@ pub fn files_absent(
     ));
     let fs =
         RootFs::open(env.disk, attempt.remaining()).map_err(|e| Failure::new(e.to_string()))?;
-    attempt.note(format!("root file system at byte offset {}", fs.offset));
-    let mut found = Vec::new();
-    for (dir, name) in &wanted {
-        match fs.list(dir).map_err(|e| Failure::new(e.to_string()))? {
-            None => attempt.note(format!("{dir}: no such folder")),
-            Some(names) => {
-                attempt.note(format!("{dir}: {}", names.join(" ")));
-                let sep = if dir.ends_with('/') { "" } else { "/" };
-                found.extend(
-                    names
-                        .iter()
-                        .filter(|n| glob_matches(name, n))
-                        .map(|n| format!("{dir}{sep}{n}")),
-                );
+    let mut found = std::collections::BTreeSet::new();
+    for &root in &fs.roots {
+        attempt.note(format!("root file system at byte offset {root}"));
+        let at = |path: String| {
+            if fs.roots.len() > 1 {
+                format!("{path} (file system at byte {root})")
+            } else {
+                path
+            }
+        };
+        for (dir, name) in &wanted {
+            match fs
+                .list(root, dir)
+                .map_err(|e| Failure::new(e.to_string()))?
+            {
+                None => attempt.note(format!("{dir}: no such folder")),
+                Some(names) => {
+                    attempt.note(format!("{dir}: {}", names.join(" ")));
+                    let sep = if dir.ends_with('/') { "" } else { "/" };
+                    found.extend(
+                        names
+                            .iter()
+                            .filter(|n| glob_matches(name, n))
+                            .map(|n| at(format!("{dir}{sep}{n}"))),
+                    );
+                }
             }
         }
     }
+    let found: Vec<String> = found.into_iter().collect();
     if found.is_empty() {
         return Ok(());
     }
@@ -78,4 +96,30 @@ pub fn files_absent(
         format!("none of {}", b.param("paths")),
         found.join(", "),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::patterns;
+
+    #[test]
+    fn paths_are_absolute_with_globs_in_the_name_only() {
+        assert_eq!(
+            patterns("/etc/ssh/ssh_host_* /machine-i?").unwrap(),
+            [
+                ("/etc/ssh".to_string(), "ssh_host_*".to_string()),
+                ("/".to_string(), "machine-i?".to_string())
+            ]
+        );
+        for bad in [
+            "etc/ssh/x",
+            "/etc/*/x",
+            "/etc/ssh/",
+            "/etc/ssh/ssh_host_[er]*",
+            "/etc/\"x",
+            "",
+        ] {
+            assert!(patterns(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -2,19 +2,24 @@
 //! ships, before cloud-init or first boot change anything (baked SSH host keys, say).
 //!
 //! The image is converted to a raw copy in a temporary folder with `qemu-img` (the image
-//! itself is only read), its partitions are listed with `partx`, and the first ext2/3/4
-//! file system holding `/etc` is read with `debugfs` (read-only).
+//! itself is only read), its partitions are listed with `partx`, and every ext2/3/4 file
+//! system holding `/etc` is read with `debugfs` (read-only).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::interrupt;
 use crate::process::ProcessGroup;
+use crate::vm::disk::DiskError;
 
 /// Why the root file system could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum RootFsError {
-    /// A tool is missing or could not run.
+    /// The image is not a disk image qemu-img can read.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A tool is missing or failed.
     #[error("{tool}: {reason}")]
     Tool {
         /// `qemu-img`, `partx` or `debugfs`.
@@ -27,26 +32,27 @@ pub enum RootFsError {
     Convert {
         /// The image.
         path: PathBuf,
-        /// qemu-img's complaint, or the timeout.
+        /// qemu-img's complaint, the timeout or the interruption.
         reason: String,
     },
     /// No ext2/3/4 file system with `/etc` on the disk.
-    #[error("{}: no ext2/3/4 root file system (with /etc) found at {offsets}; nodegate reads ext2/3/4 only", path.display())]
+    #[error("{}: no ext2/3/4 root file system with /etc that nodegate can read; tried {tried}", path.display())]
     NoRoot {
         /// The image.
         path: PathBuf,
-        /// Byte offsets tried.
-        offsets: String,
+        /// Each byte offset tried and why it was not a root.
+        tried: String,
     },
 }
 
-/// A read-only view of the root file system of a disk image; the raw copy is removed
+/// A read-only view of the root file systems of a disk image; the raw copy is removed
 /// on drop.
 #[derive(Debug)]
 pub struct RootFs {
     raw: PathBuf,
-    /// Byte offset of the file system in the disk (0: the disk is the file system).
-    pub offset: u64,
+    /// Byte offsets of every ext2/3/4 file system holding `/etc` (0: the disk is the file
+    /// system). More than one on A/B or recovery layouts: checks look at them all.
+    pub roots: Vec<u64>,
     _temp: tempfile::TempDir,
 }
 
@@ -65,10 +71,58 @@ fn package(tool: &str) -> &'static str {
     }
 }
 
+/// Runs `qemu-img convert` of `disk` to raw at `raw` within `timeout`; a signal stops it.
+fn convert(disk: &Path, format: &str, raw: &Path, timeout: Duration) -> Result<(), RootFsError> {
+    let failed = |reason: String| RootFsError::Convert {
+        path: disk.to_owned(),
+        reason,
+    };
+    let log = raw.with_extension("log");
+    let stderr =
+        std::fs::File::create(&log).map_err(|e| failed(format!("{}: {e}", log.display())))?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-U", "-f", format, "-O", "raw"])
+        .arg(disk)
+        .arg(raw)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // Its own process group, torn down on drop (a timeout or a signal).
+    let mut child = ProcessGroup::spawn("qemu-img", &mut cmd).map_err(|e| tool("qemu-img", e))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let step =
+            Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+        match child.wait_timeout(step).map_err(|e| tool("qemu-img", e))? {
+            Some(s) if s.success() => return Ok(()),
+            Some(_) => {
+                return Err(failed(
+                    std::fs::read_to_string(&log)
+                        .unwrap_or_default()
+                        .trim()
+                        .trim_start_matches("qemu-img: ")
+                        .to_string(),
+                ))
+            }
+            None if interrupt::interrupted() => {
+                return Err(failed("interrupted by a signal".into()))
+            }
+            None if Instant::now() >= deadline => {
+                return Err(failed(format!(
+                    "qemu-img convert still running after {}",
+                    humantime::format_duration(timeout)
+                )))
+            }
+            None => {}
+        }
+    }
+}
+
 impl RootFs {
-    /// Converts `disk` (any format qemu-img reads) to a raw copy and finds its root file
-    /// system, within `timeout`.
+    /// Converts `disk` (any format qemu-img reads, as `qemu-img info` says) to a raw copy
+    /// in a temporary folder and finds its root file systems, within `timeout`.
     pub fn open(disk: &Path, timeout: Duration) -> Result<RootFs, RootFsError> {
+        let info = crate::vm::disk::inspect(disk)?;
         let temp = tempfile::Builder::new()
             .prefix("nodegate-rootfs.")
             .tempdir()
@@ -77,70 +131,44 @@ impl RootFs {
                 reason: format!("temporary folder: {e}"),
             })?;
         let raw = temp.path().join("disk.raw");
-        let log = temp.path().join("qemu-img.log");
-        let stderr = std::fs::File::create(&log).map_err(|e| RootFsError::Convert {
-            path: disk.to_owned(),
-            reason: format!("{}: {e}", log.display()),
-        })?;
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["convert", "-O", "raw"])
-            .arg(disk)
-            .arg(&raw)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let mut child =
-            ProcessGroup::spawn("qemu-img", &mut cmd).map_err(|e| tool("qemu-img", e))?;
-        let reason = match child
-            .wait_timeout(timeout)
-            .map_err(|e| tool("qemu-img", e))?
-        {
-            None => Some(format!(
-                "qemu-img convert still running after {}",
-                humantime::format_duration(timeout)
-            )),
-            Some(s) if !s.success() => Some(
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .trim()
-                    .trim_start_matches("qemu-img: ")
-                    .to_string(),
-            ),
-            Some(_) => None,
-        };
-        drop(child);
-        if let Some(reason) = reason {
-            return Err(RootFsError::Convert {
-                path: disk.to_owned(),
-                reason,
-            });
-        }
-        let mut offsets = vec![0];
-        offsets.extend(partition_offsets(&raw)?);
+        convert(disk, &info.format, &raw, timeout)?;
         let mut fs = RootFs {
             raw,
-            offset: 0,
+            roots: Vec::new(),
             _temp: temp,
         };
-        for &offset in &offsets {
-            fs.offset = offset;
-            if matches!(fs.list("/etc"), Ok(Some(_))) {
-                return Ok(fs);
+        let mut tried = Vec::new();
+        // A bare file system first; partitions only when the disk is not one.
+        let mut offsets = vec![0];
+        let mut index = 0;
+        while index < offsets.len() {
+            let offset = offsets[index];
+            match fs.list(offset, "/etc") {
+                Ok(Some(_)) => fs.roots.push(offset),
+                Ok(None) => tried.push(format!("{offset} (no /etc)")),
+                Err(e) => tried.push(format!("{offset} ({e})")),
             }
+            if index == 0 && fs.roots.is_empty() {
+                match partition_offsets(&fs.raw) {
+                    Ok(p) => offsets.extend(p),
+                    Err(why) => tried.push(format!("partitions ({why})")),
+                }
+            }
+            index += 1;
         }
-        Err(RootFsError::NoRoot {
-            path: disk.to_owned(),
-            offsets: offsets
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        if fs.roots.is_empty() {
+            return Err(RootFsError::NoRoot {
+                path: disk.to_owned(),
+                tried: tried.join("; "),
+            });
+        }
+        Ok(fs)
     }
 
-    /// The names in folder `dir` (absolute), or `None` if there is no such folder.
-    pub fn list(&self, dir: &str) -> Result<Option<Vec<String>>, RootFsError> {
-        let target = format!("{}?offset={}", self.raw.display(), self.offset);
+    /// The names in folder `dir` (absolute) of the file system at byte `offset`, or
+    /// `None` if there is no such folder; an error if debugfs could not read it there.
+    pub fn list(&self, offset: u64, dir: &str) -> Result<Option<Vec<String>>, RootFsError> {
+        let target = format!("{}?offset={offset}", self.raw.display());
         let out = Command::new("debugfs")
             .arg("-R")
             .arg(format!("ls -p {}", debugfs_quote(dir)))
@@ -149,27 +177,54 @@ impl RootFs {
             .output()
             .map_err(|e| tool("debugfs", e))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        // debugfs exits 0 even when it cannot open the file system; it says so on stderr.
-        if stderr.contains("Could not open") || stderr.contains("Bad magic number") {
+        // debugfs exits 0 whatever happened: a listing has a `.` entry; anything else is
+        // a missing folder or an error, never an empty folder (a check must not pass
+        // because it could not look).
+        let entries = parse_ls(&String::from_utf8_lossy(&out.stdout));
+        if entries.iter().any(|n| n == ".") {
+            return Ok(Some(
+                entries
+                    .into_iter()
+                    .filter(|n| n != "." && n != "..")
+                    .collect(),
+            ));
+        }
+        if stderr.contains("File not found") {
             return Ok(None);
         }
-        let names = parse_ls(&String::from_utf8_lossy(&out.stdout));
-        if names.is_empty() && stderr.contains("File not found") {
-            return Ok(None);
-        }
-        Ok(Some(names))
+        Err(RootFsError::Tool {
+            tool: "debugfs",
+            reason: format!(
+                "cannot list {dir}: {}",
+                stderr
+                    .lines()
+                    .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+                    .map(|l| l.trim_start_matches("debugfs: "))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+                    .replace(&self.raw.display().to_string(), "the disk")
+            ),
+        })
     }
 }
 
-/// Byte offsets of the disk's partitions (none for a bare file system).
-fn partition_offsets(raw: &Path) -> Result<Vec<u64>, RootFsError> {
+/// Byte offsets of the disk's partitions, or partx's complaint (no partition table).
+fn partition_offsets(raw: &Path) -> Result<Vec<u64>, String> {
     let out = Command::new("partx")
         .args(["--raw", "--noheadings", "--output", "START"])
         .arg(raw)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| tool("partx", e))?;
-    // partx fails when there is no partition table: a bare file system.
+        .map_err(|e| format!("cannot run partx ({e}); install util-linux"))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why = why.trim().trim_start_matches("partx: ");
+        return Err(why
+            .strip_prefix(&format!("{}: ", raw.display()))
+            .unwrap_or(why)
+            .to_string());
+    }
+    // partx counts in 512-byte sectors whatever the disk's sector size.
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().parse::<u64>().ok())
@@ -177,19 +232,19 @@ fn partition_offsets(raw: &Path) -> Result<Vec<u64>, RootFsError> {
         .collect())
 }
 
-/// Quotes a path for debugfs' own command parser.
+/// Quotes a path for debugfs' own command parser (paths holding `"` are refused when
+/// the check is planned).
 fn debugfs_quote(path: &str) -> String {
-    format!("\"{}\"", path.replace('"', ""))
+    format!("\"{path}\"")
 }
 
-/// Names from `debugfs ls -p` lines: `/INODE/MODE/UID/GID/NAME/SIZE/`.
+/// Names from `debugfs ls -p` lines, `.` and `..` included: `/INODE/MODE/UID/GID/NAME/SIZE/`.
 fn parse_ls(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| {
             let fields: Vec<&str> = l.trim().split('/').collect();
             (fields.len() >= 7 && fields[0].is_empty()).then(|| fields[5].to_string())
         })
-        .filter(|n| n != "." && n != "..")
         .collect()
 }
 
@@ -225,7 +280,7 @@ mod tests {
     #[test]
     fn ls_lines_give_names() {
         let out = "/412/040755/0/0/.//\n/33/040755/0/0/..//\n/413/100644/0/0/moduli/573928/\n/415/040755/0/0/ssh_config.d//\n";
-        assert_eq!(parse_ls(out), ["moduli", "ssh_config.d"]);
+        assert_eq!(parse_ls(out), [".", "..", "moduli", "ssh_config.d"]);
     }
 
     #[test]

@@ -21,7 +21,12 @@ pub struct Finding {
     pub required: bool,
 }
 
+/// The first line `cmd ARGS` prints (its version), or `None` without `ARGS` (a tool with
+/// no version flag: its path is shown instead).
 fn first_line(cmd: &Path, args: &[&str]) -> Option<String> {
+    if args.is_empty() {
+        return None;
+    }
     let o = Command::new(cmd).args(args).output().ok()?;
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     text.lines()
@@ -100,7 +105,7 @@ pub fn diagnose() -> Vec<Finding> {
         tool(
             "ssh-keygen",
             "ssh-keygen",
-            &["-V"],
+            &[],
             "per-VM SSH keys: booting any image",
             true,
         ),

@@ -1,7 +1,9 @@
 //! `nodegate run` end to end on the test bed: the full flow on image v1 with the local
 //! control plane (every suite passes; JUnit and JSON checked), the runner's retries,
-//! flaky marking and timeouts against a real guest, and an interrupted run. Needs the test
-//! bed (`fixtures/build`); VM tests are serialized because the machine has 2 cores.
+//! flaky marking and timeouts against a real guest, an interrupted run, and the negative
+//! images and faults that each suite must catch (kernel panic, crash-looping kubelet,
+//! injected faults, tampered bundle). Needs the test bed (`fixtures/build`); VM tests are
+//! serialized because the machine has 2 cores.
 
 mod common;
 

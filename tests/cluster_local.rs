@@ -183,18 +183,20 @@ fn bad_join_expired_token() {
     testbed_direct();
     let _one = one_cp();
     let cp = start_local();
-    // The kubeconfig provider's token Secret, with a 1 s lifetime.
+    // The kubeconfig provider's token Secret, with a 5 s lifetime: long enough to read
+    // the Secret before the controller manager's token cleaner deletes it once expired
+    // (1 s was not, on a loaded host).
     let kc = ControlPlaneConfig::Kubeconfig(KubeconfigConfig::new(cp.kubeconfig().to_owned()))
         .start()
         .unwrap();
-    let short = kc.create_token(Duration::from_secs(1)).unwrap();
+    let short = kc.create_token(Duration::from_secs(5)).unwrap();
     let secret = cp
         .kubectl
         .get("secret", Some("kube-system"), &short.token().secret_name())
         .unwrap()
         .expect("the token Secret");
     assert_eq!(secret["type"], "bootstrap.kubernetes.io/token");
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(5500));
     let e = preflight(
         &kc,
         &short,

@@ -199,6 +199,14 @@ fn wait_err(e: WaitError, node: &str, what: &'static str, budget: Duration) -> C
     }
 }
 
+/// The Node's `Ready` condition object, if it has one.
+pub fn ready_condition(node: &serde_json::Value) -> Option<&serde_json::Value> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
 /// Polls the Node until `judge` is satisfied, within `left`. When the last poll could not
 /// reach the API server, that error is returned rather than `NotReady`: the control
 /// plane failed, not the node.
@@ -417,12 +425,7 @@ pub fn join(
         let Some(n) = n else {
             return Poll::Pending("Node object gone".into());
         };
-        let ready = n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Ready");
-        match ready {
+        match ready_condition(n) {
             Some(c) if c["status"] == "True" => Poll::Ready(()),
             Some(c) => Poll::Pending(format!(
                 "Ready={} ({})",

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::builtin::Builtin;
 use super::context::{Attempt, CheckEnv, Failure};
-use crate::cluster::Kubectl;
+use crate::cluster::{ready_condition, Kubectl};
 
 fn get_node(kubectl: &Kubectl, name: &str, attempt: &mut Attempt) -> Result<Value, Failure> {
     attempt.note(format!("kubectl get node {name} -o json"));
@@ -19,9 +19,7 @@ fn get_node(kubectl: &Kubectl, name: &str, attempt: &mut Attempt) -> Result<Valu
 
 /// The status of the Ready condition ("True", "False", "Unknown" or "absent").
 pub(super) fn ready_status(node: &Value) -> String {
-    node["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+    ready_condition(node)
         .and_then(|c| c["status"].as_str())
         .unwrap_or("absent")
         .to_string()
@@ -105,10 +103,7 @@ impl RuntimeView {
 /// NetworkReady) from the Ready condition: the kubelet is Ready only when both hold, and
 /// names the one that does not in the condition's message.
 fn runtime_view(node: &Value) -> RuntimeView {
-    let c = node["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
-    let Some(c) = c else {
+    let Some(c) = ready_condition(node) else {
         return RuntimeView {
             runtime_ready: None,
             network_ready: None,

@@ -139,22 +139,12 @@ impl RootFs {
         };
         let mut tried = Vec::new();
         // A bare file system first; partitions only when the disk is not one.
-        let mut offsets = vec![0];
-        let mut index = 0;
-        while index < offsets.len() {
-            let offset = offsets[index];
-            match fs.list(offset, "/etc") {
-                Ok(Some(_)) => fs.roots.push(offset),
-                Ok(None) => tried.push(format!("{offset} (no /etc)")),
-                Err(e) => tried.push(format!("{offset} ({e})")),
+        fs.probe(0, &mut tried);
+        if fs.roots.is_empty() {
+            match partition_offsets(&fs.raw) {
+                Ok(offsets) => offsets.into_iter().for_each(|o| fs.probe(o, &mut tried)),
+                Err(why) => tried.push(format!("partitions ({why})")),
             }
-            if index == 0 && fs.roots.is_empty() {
-                match partition_offsets(&fs.raw) {
-                    Ok(p) => offsets.extend(p),
-                    Err(why) => tried.push(format!("partitions ({why})")),
-                }
-            }
-            index += 1;
         }
         if fs.roots.is_empty() {
             return Err(RootFsError::NoRoot {
@@ -163,6 +153,16 @@ impl RootFs {
             });
         }
         Ok(fs)
+    }
+
+    /// Records `offset` as a root if an ext file system there has `/etc`, else notes why
+    /// not in `tried`.
+    fn probe(&mut self, offset: u64, tried: &mut Vec<String>) {
+        match self.list(offset, "/etc") {
+            Ok(Some(_)) => self.roots.push(offset),
+            Ok(None) => tried.push(format!("{offset} (no /etc)")),
+            Err(e) => tried.push(format!("{offset} ({e})")),
+        }
     }
 
     /// The names in folder `dir` (absolute) of the file system at byte `offset`, or

@@ -138,11 +138,16 @@ pub fn run(
             emit(Event::CheckFinished(Box::new(rec)));
             continue;
         }
-        let judged_later = checks[i + 1..]
-            .iter()
-            .zip(&verdicts[i + 1..])
-            .any(|(c, v)| *v == Verdict::Run && c.judges_join());
-        let (rec, stop_now) = run_one(c, !judged_later, options, env, emit);
+        let (mut rec, stop_now) = run_one(c, options, env, emit);
+        if let Some(s) = stop_now.as_ref().filter(|s| s.kind == StopKind::Node) {
+            let judged_later = checks[i + 1..]
+                .iter()
+                .zip(&verdicts[i + 1..])
+                .any(|(c, v)| *v == Verdict::Run && c.judges_join());
+            if !judged_later {
+                rec = stopped(c, s, true);
+            }
+        }
         let status = rec.status;
         emit(Event::CheckFinished(Box::new(rec)));
         if stop_now.is_some() {
@@ -163,15 +168,14 @@ pub fn run(
 }
 
 /// Runs one check with its retries; the stop is set when the environment could not be
-/// prepared or a signal arrived. `blame`: a node stop while preparing fails this check.
+/// prepared or a signal arrived.
 fn run_one(
     c: &Check,
-    blame: bool,
     options: RunOptions,
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
 ) -> (CheckRecord, Option<Stop>) {
-    let not_run = |s: Stop| (stopped(c, &s, blame), Some(s));
+    let not_run = |s: Stop| (stopped(c, &s, false), Some(s));
     let mut rec = record(c, Status::Failed, None);
     for n in 1..=options.retries + 1 {
         let prepared = if c.destructive {

@@ -11,18 +11,11 @@ use std::process::Command;
 
 const CHECK: &str = "kubelet::no_baked_ssh_host_keys";
 
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 /// Runs only the check on `disk` (unsigned: the check reads the disk, not the
 /// manifest); returns the exit code and the check's report entry.
 fn hygiene(disk: &Path, dir: &Path) -> (i32, serde_json::Value) {
-    let profile = repo("profiles/debian-fixture.toml");
-    let suites = repo("suites");
+    let profile = common::repo("profiles/debian-fixture.toml");
+    let suites = common::repo("suites");
     let args = [
         "run",
         "--image",

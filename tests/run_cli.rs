@@ -8,15 +8,8 @@ use std::path::{Path, PathBuf};
 
 use quick_junit::{Report, TestCaseStatus};
 
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 fn list(extra: &[&str]) -> Vec<String> {
-    let suites = repo("suites");
+    let suites = common::repo("suites");
     let mut args = vec!["run", "--list", "--suites", suites.as_str()];
     args.extend(extra);
     let r = common::ok(&args, Path::new("."));
@@ -64,7 +57,7 @@ fn list_and_filters_select_like_cargo_test() {
 
 #[test]
 fn bad_selections_are_usage_errors() {
-    let suites = repo("suites");
+    let suites = common::repo("suites");
     let r = common::run(
         &["run", "--list", "--suites", &suites, "--suite", "nope"],
         Path::new("."),
@@ -105,7 +98,10 @@ impl Case {
         let signed = common::testbed("signed", "trust");
         let manifest = signed.join(release).join("node.manifest.json");
         let trust = signed.join("trust");
-        let (suites, profile) = (repo("suites"), repo("profiles/debian-fixture.toml"));
+        let (suites, profile) = (
+            common::repo("suites"),
+            common::repo("profiles/debian-fixture.toml"),
+        );
         let junit = self.path("out/junit.xml");
         let json = self.path("out/report.json");
         let mut args = vec![
@@ -369,7 +365,7 @@ fn a_suite_with_an_unknown_variable_is_refused_before_boot() {
 
 #[test]
 fn a_run_without_manifest_or_image_is_a_usage_error() {
-    let profile = repo("profiles/debian-fixture.toml");
+    let profile = common::repo("profiles/debian-fixture.toml");
     let r = common::run(&["run", "--profile", &profile], Path::new("."));
     common::assert_refused(&r, 2, "--manifest", "required");
     let r = common::run(

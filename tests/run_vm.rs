@@ -16,13 +16,6 @@ use quick_junit::{Report, TestCaseStatus};
 
 static VM: Mutex<()> = Mutex::new(());
 
-fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(rel)
-        .display()
-        .to_string()
-}
-
 /// The report entry of the check whose `key` (`id` or `name`) is `value`.
 fn check_in(report: &serde_json::Value, key: &str, value: &str) -> serde_json::Value {
     report["checks"]
@@ -67,7 +60,7 @@ impl Out {
             "--trust".into(),
             signed.join("trust").display().to_string(),
             "--profile".into(),
-            repo("profiles/debian-fixture.toml"),
+            common::repo("profiles/debian-fixture.toml"),
             "--junit".into(),
             self.path("junit.xml").display().to_string(),
             "--json".into(),
@@ -81,7 +74,7 @@ impl Out {
 
     /// Runs the real suites on an unsigned `manifest` (a negative image) with `profile`.
     fn run_unsigned(&self, manifest: &Path, profile: &str, extra: &[&str]) -> common::Run {
-        let suites = repo("suites");
+        let suites = common::repo("suites");
         let mut args = vec![
             "run",
             "--manifest",
@@ -136,7 +129,7 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     let mut args = o.args();
     args.extend([
         "--suites".into(),
-        repo("suites"),
+        common::repo("suites"),
         "--control-plane".into(),
         "local".into(),
         "--upgrade-bundle".into(),
@@ -159,7 +152,7 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     }
     assert_eq!(junit.failures + junit.errors + junit.skipped, 0);
     let listed = common::ok(
-        &["run", "--list", "--suites", &repo("suites")],
+        &["run", "--list", "--suites", &common::repo("suites")],
         Path::new("."),
     );
     assert_eq!(junit.tests, listed.stdout.matches(": test").count());
@@ -354,7 +347,7 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
     let mut args = o.args();
     args.extend([
         "--suites".into(),
-        repo("suites"),
+        common::repo("suites"),
         "--control-plane".into(),
         "local".into(),
         "--upgrade-bundle".into(),
@@ -400,7 +393,7 @@ fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
             "run",
             "--list",
             "--suites",
-            &repo("suites"),
+            &common::repo("suites"),
             "--tag",
             "pre-boot",
         ],
@@ -480,7 +473,7 @@ fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
     let manifest = unsigned_manifest(&layout, o.dir.path());
     let r = o.run_unsigned(
         &manifest,
-        &repo("profiles/debian-fixture.toml"),
+        &common::repo("profiles/debian-fixture.toml"),
         &["--suite", "containerd"],
     );
     assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
@@ -522,7 +515,7 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     let manifest = unsigned_manifest(&layout, o.dir.path());
     // The fixture profile with a shorter join budget (a healthy node joins in 30-55 s
     // under TCG): this node never will, and the test need not wait 600 s to show it.
-    let profile = std::fs::read_to_string(repo("profiles/debian-fixture.toml")).unwrap();
+    let profile = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
     let short = profile.replace("join = \"600s\"", "join = \"120s\"");
     assert_ne!(short, profile, "the profile's join budget moved");
     std::fs::write(o.path("profile.toml"), short).unwrap();
@@ -602,9 +595,9 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
     args.extend(
         [
             "--suites",
-            &repo("tests/data/faults/break-guest.toml"),
+            &common::repo("tests/data/faults/break-guest.toml"),
             "--suites",
-            &repo("suites"),
+            &common::repo("suites"),
             "--skip-tag",
             "node",
             "--skip",
@@ -673,7 +666,7 @@ fn a_tampered_bundle_is_refused_and_the_node_stays_on_v1() {
     let mut args = o.args();
     args.extend([
         "--suites".into(),
-        repo("suites"),
+        common::repo("suites"),
         "--suite".into(),
         "hot-upgrade".into(),
         "--control-plane".into(),

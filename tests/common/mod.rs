@@ -7,6 +7,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The absolute path of `rel` in this repository (suites, profiles, test data).
+pub fn repo(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
+
 /// The nodegate binary cargo built for these tests.
 pub fn nodegate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nodegate"))

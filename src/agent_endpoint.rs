@@ -2,6 +2,10 @@
 //! server on a host loopback port (forwarded into the VM) that answers registrations and
 //! heartbeats the way a provider's control service would, and records every request.
 //! The protocol's paths, token and identity field come from the profile.
+//!
+//! What a guest can make it hold is bounded: a request body larger than
+//! [`MAX_BODY_BYTES`] is answered 413 without being read, and the log keeps the last
+//! [`MAX_LOG_ENTRIES`] requests (the number dropped is counted and reported).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,6 +14,18 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use serde_json::Value;
+
+/// The largest request body the endpoint reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How many requests the log keeps (the oldest go first).
+pub const MAX_LOG_ENTRIES: usize = 10_000;
+
+/// The request log: the newest entries and how many older ones were dropped.
+#[derive(Debug, Default)]
+struct Log {
+    entries: std::collections::VecDeque<Received>,
+    dropped: u64,
+}
 
 /// What the endpoint expects.
 #[derive(Debug, Clone)]
@@ -55,7 +71,7 @@ pub struct EndpointError {
 pub struct AgentEndpoint {
     config: EndpointConfig,
     port: u16,
-    log: Arc<Mutex<Vec<Received>>>,
+    log: Arc<Mutex<Log>>,
     server: Option<Arc<tiny_http::Server>>,
     thread: Option<JoinHandle<()>>,
     generation: u32,
@@ -67,7 +83,7 @@ impl AgentEndpoint {
         let mut e = AgentEndpoint {
             config,
             port,
-            log: Arc::new(Mutex::new(Vec::new())),
+            log: Arc::new(Mutex::new(Log::default())),
             server: None,
             thread: None,
             generation: 0,
@@ -107,9 +123,27 @@ impl AgentEndpoint {
             // Nodes that registered with this incarnation; a restart forgets them.
             let mut known = BTreeSet::new();
             for mut req in s.incoming_requests() {
-                let mut text = String::new();
-                let _ = req.as_reader().read_to_string(&mut text);
-                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                use std::io::Read;
+                // Keep at most the limit; skip (a bounded amount of) the rest so the
+                // client still reads the refusal.
+                let mut bytes = Vec::new();
+                let _ = req
+                    .as_reader()
+                    .take(MAX_BODY_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes);
+                let too_big = bytes.len() > MAX_BODY_BYTES;
+                if too_big {
+                    bytes.clear();
+                    let _ = std::io::copy(
+                        &mut req.as_reader().take(16 * MAX_BODY_BYTES as u64),
+                        &mut std::io::sink(),
+                    );
+                }
+                let body: Value = if too_big {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                };
                 let authorized = req.headers().iter().any(|h| {
                     h.field.equiv("Authorization")
                         && h.value.as_str() == format!("Bearer {}", config.token)
@@ -119,7 +153,9 @@ impl AgentEndpoint {
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                let status = if *req.method() != tiny_http::Method::Post {
+                let status = if too_big {
+                    413
+                } else if *req.method() != tiny_http::Method::Post {
                     405
                 } else if !authorized {
                     401
@@ -136,9 +172,13 @@ impl AgentEndpoint {
                     404
                 };
                 if let Ok(mut l) = log.lock() {
-                    l.push(Received {
+                    if l.entries.len() >= MAX_LOG_ENTRIES {
+                        l.entries.pop_front();
+                        l.dropped += 1;
+                    }
+                    l.entries.push_back(Received {
                         at: Instant::now(),
-                        path,
+                        path: path.chars().take(1024).collect(),
                         authorized,
                         status,
                         body,
@@ -172,9 +212,17 @@ impl AgentEndpoint {
         self.port
     }
 
-    /// Every request so far, oldest first.
+    /// The requests kept so far, oldest first (at most [`MAX_LOG_ENTRIES`]).
     pub fn requests(&self) -> Vec<Received> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.entries.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many old requests the log dropped to stay bounded.
+    pub fn dropped(&self) -> u64 {
+        self.log.lock().map(|l| l.dropped).unwrap_or(0)
     }
 
     /// The current incarnation (increases with every restart).
@@ -245,8 +293,15 @@ mod tests {
             404,
             "a restart forgets nodes"
         );
+        let big = format!(
+            "{{\"node_name\":\"n1\",\"pad\":\"{}\"}}",
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        assert_eq!(post(p, "/v1/register", "t", &big), 413, "an oversized body");
         let log = e.requests();
-        assert_eq!(log.len(), 5);
+        assert_eq!(log.len(), 6);
+        assert_eq!(log[5].body, Value::Null);
+        assert_eq!(e.dropped(), 0);
         assert_eq!(log[4].generation, 1);
         assert_eq!(log[2].body["node_name"], "n1");
         assert!(!log[1].authorized);

@@ -47,19 +47,54 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses `text` (read from `path`) as `T`.
+/// Parses `text` (read from `path`) as `T`. An error names the line, the column and,
+/// for a bad value, its key (`agent.guest_addr`).
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_column(text, s.start))
-            .unwrap_or((1, 1));
+        let offset = e.span().map(|s| s.start);
+        let (line, column) = offset.map(|o| line_column(text, o)).unwrap_or((1, 1));
+        let message = e.message().trim().replace('\n', " ");
+        let message = match offset.and_then(|o| key_at(text, o)) {
+            Some(key) => format!("{key}: {message}"),
+            None => message,
+        };
         ConfigError::Parse {
             path: path.to_owned(),
             line,
             column,
-            message: e.message().trim().replace('\n', " "),
+            message,
         }
+    })
+}
+
+/// The dotted key whose value starts at byte `offset`: the `[table]` (or `[[array]]`)
+/// above it and the `key =` before it on its line. `None` when the offset is not a value.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..offset];
+    let eq = before.rfind('=')?;
+    let leaf = before[..eq]
+        .rsplit(['{', ','])
+        .next()?
+        .trim()
+        .trim_matches('"');
+    if leaf.is_empty()
+        || !leaf
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{leaf}"),
+        _ => leaf.to_string(),
     })
 }
 
@@ -100,8 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_type_names_the_line() {
+    fn a_wrong_type_names_the_line_and_the_key() {
         let e = parse::<T>(Path::new("p.toml"), "name = 3\n").unwrap_err();
-        assert!(e.to_string().starts_with("p.toml:1:8: invalid type"), "{e}");
+        assert!(
+            e.to_string().starts_with("p.toml:1:8: name: invalid type"),
+            "{e}"
+        );
+        let e = parse::<T>(Path::new("p.toml"), "name = \"x\"\n[inner]\na = \"no\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("p.toml:3:5: inner.a: invalid type"),
+            "{e}"
+        );
     }
 }

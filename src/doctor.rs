@@ -27,8 +27,13 @@ fn first_line(cmd: &Path, args: &[&str]) -> Option<String> {
     if args.is_empty() {
         return None;
     }
-    let o = Command::new(cmd).args(args).output().ok()?;
-    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let o = crate::process::run_bounded(
+        Command::new(cmd).args(args),
+        None,
+        std::time::Duration::from_secs(20),
+    )
+    .ok()?;
+    let text = o.stdout_text() + &o.stderr_text();
     text.lines()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
@@ -173,7 +178,7 @@ pub fn diagnose() -> Vec<Finding> {
         "kind",
         "kind",
         &["version"],
-        "--control-plane kind (auto uses local)",
+        "--control-plane kind (auto picks local: kind is used only when asked for by name)",
         false,
     ));
     out.push(tool(
@@ -209,6 +214,24 @@ pub fn diagnose() -> Vec<Finding> {
             format!("{:.1} GiB free in {}", d as f64 / 1024.0, tmp.display())
         }),
         prevents: "overlays and artifacts (4 GiB wanted)",
+        required: false,
+    });
+    // What killed runs left behind: found, reported and removed.
+    let root = crate::rundir::root();
+    let stale = crate::rundir::reap(&root);
+    out.push(Finding {
+        item: "stale runs",
+        ok: true,
+        detail: if stale.is_empty() {
+            format!("none in {}", root.display())
+        } else {
+            stale
+                .iter()
+                .map(crate::rundir::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+        prevents: "",
         required: false,
     });
     out

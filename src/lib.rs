@@ -11,6 +11,8 @@
 //!   and joining a booted node to them.
 //! - [`process`], [`wait`], [`interrupt`]: process-group guards, the one polling
 //!   primitive, and SIGINT/SIGTERM routing.
+//! - [`fsutil`], [`rundir`]: files written safely; each run's private folder, and the
+//!   clean-up after a killed run.
 //! - [`cli`]: the command-line front end.
 
 pub mod agent_endpoint;
@@ -19,12 +21,14 @@ pub mod cluster;
 pub mod config_file;
 pub mod doctor;
 pub mod exit;
+pub mod fsutil;
 pub mod image;
 pub mod interrupt;
 pub mod process;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod rundir;
 pub mod runner;
 pub mod ssh;
 pub mod suite;

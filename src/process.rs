@@ -1,12 +1,17 @@
 //! Child processes owned by a guard: each lives in its own process group, and dropping
 //! the guard terminates the whole group (SIGTERM, a grace period, SIGKILL) and reaps it.
+//! [`run_bounded`] runs a one-shot command the same way, with a deadline, the interrupt
+//! flag honoured and its output capped: no child of nodegate runs without a timeout.
 
-use std::io;
-use std::process::{Child, Command, ExitStatus};
+use std::io::{self, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
+
+use crate::interrupt;
 
 /// Time between SIGTERM and SIGKILL when a guard is dropped.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
@@ -83,14 +88,16 @@ impl ProcessGroup {
         }
     }
 
-    /// Terminates the group: SIGTERM, up to the grace period, then SIGKILL; reaps the
-    /// leader. Returns true if SIGKILL was needed.
+    /// Terminates the group: SIGTERM, up to the grace period (shortened after Ctrl-C,
+    /// none after a second one), then SIGKILL; reaps the leader. Returns true if SIGKILL
+    /// was needed.
     pub fn terminate(&mut self) -> bool {
         let pgid = self.child.id() as libc::pid_t;
         let leader_alive = matches!(self.try_status(), Ok(None));
         // SAFETY: killpg only sends a signal to the group we created.
         unsafe { libc::killpg(pgid, libc::SIGTERM) };
-        let exited = leader_alive && matches!(self.wait_timeout(self.grace), Ok(Some(_)));
+        let grace = interrupt::grace(self.grace);
+        let exited = leader_alive && matches!(self.wait_timeout(grace), Ok(Some(_)));
         let group_alive = unsafe { libc::killpg(pgid, 0) } == 0;
         let mut killed = false;
         if group_alive || (leader_alive && !exited) {
@@ -108,6 +115,183 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// How much of each output stream [`run_bounded`] keeps; the rest is read and dropped
+/// (and counted), so a chatty child can neither block nor exhaust memory.
+pub const OUTPUT_CAP: usize = 16 << 20;
+
+/// Grace between SIGTERM and SIGKILL for a bounded command that ran out of time.
+const BOUNDED_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a bounded command gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The program could not be started (missing, not executable).
+    #[error("{program}: cannot start: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// It ran past its deadline and was stopped.
+    #[error("{program}: still running after {}; stopped", humantime::format_duration(*timeout))]
+    TimedOut {
+        /// The program.
+        program: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// SIGINT or SIGTERM arrived; it was stopped.
+    #[error("{program}: interrupted by a signal; stopped")]
+    Interrupted {
+        /// The program.
+        program: String,
+    },
+}
+
+/// What a bounded command did.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Standard output, at most [`OUTPUT_CAP`] bytes.
+    pub stdout: Vec<u8>,
+    /// Standard error, at most [`OUTPUT_CAP`] bytes.
+    pub stderr: Vec<u8>,
+    /// Bytes dropped beyond the cap (stdout + stderr).
+    pub dropped: u64,
+}
+
+impl CommandOutput {
+    /// Standard output as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Standard error as text.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Reads `r` to its end, keeping the first `cap` bytes; returns them and the count dropped.
+fn capped<R: Read>(mut r: R, cap: usize) -> (Vec<u8>, u64) {
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&buf[..room]);
+                dropped += (n - room) as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (kept, dropped)
+}
+
+/// Runs `cmd` in a process group of its own, feeding it `stdin`, and returns its output
+/// once it exits; stops it (SIGTERM, then SIGKILL) when `timeout` passes or a signal
+/// arrives. Output beyond [`OUTPUT_CAP`] per stream is dropped and counted.
+pub fn run_bounded(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<CommandOutput, CommandError> {
+    let program = std::path::Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut group =
+        ProcessGroup::spawn(program.clone(), cmd).map_err(|source| CommandError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    group.grace = BOUNDED_GRACE;
+    let (tx, rx) = mpsc::channel();
+    for (i, stream) in [
+        group
+            .child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        group
+            .child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        let stream = stream.expect("piped");
+        thread::spawn(move || {
+            let _ = tx.send((i, capped(stream, OUTPUT_CAP)));
+        });
+    }
+    if let (Some(bytes), Some(mut pipe)) = (stdin, group.child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        // A child that does not read its input must not block us: write on a thread.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match group.try_status() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(CommandError::Spawn { program, source });
+            }
+        }
+        if interrupt::interrupted() {
+            group.terminate();
+            return Err(CommandError::Interrupted { program });
+        }
+        if Instant::now() >= deadline {
+            group.terminate();
+            return Err(CommandError::TimedOut { program, timeout });
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    // The leader exited; reap the rest of its group, then collect what the readers
+    // kept. A descendant that left the group may hold a pipe open: wait a moment only.
+    group.terminate();
+    let mut out = CommandOutput {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        dropped: 0,
+    };
+    for _ in 0..2 {
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok((0, (bytes, dropped))) => {
+                out.stdout = bytes;
+                out.dropped += dropped;
+            }
+            Ok((_, (bytes, dropped))) => {
+                out.stderr = bytes;
+                out.dropped += dropped;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -147,6 +331,40 @@ mod tests {
             thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive(child), "child of the group survived");
+    }
+
+    #[test]
+    fn bounded_commands_give_output_stop_at_their_deadline_and_cap_output() {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg("cat; echo err >&2; exit 3");
+        let o = run_bounded(&mut c, Some(b"input"), Duration::from_secs(10)).unwrap();
+        assert_eq!(o.status.code(), Some(3));
+        assert_eq!(o.stdout, b"input");
+        assert_eq!(o.stderr, b"err\n");
+
+        let mut c = Command::new("sh");
+        c.arg("-c").arg("trap '' TERM; sleep 300");
+        let t = Instant::now();
+        let e = run_bounded(&mut c, None, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, CommandError::TimedOut { .. }), "{e}");
+        assert!(e.to_string().contains("still running after 300ms"), "{e}");
+        // The deadline, plus the SIGTERM grace: never the child's own 300 s.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("head -c {} /dev/zero", OUTPUT_CAP + 1000));
+        let o = run_bounded(&mut c, None, Duration::from_secs(30)).unwrap();
+        assert_eq!(o.stdout.len(), OUTPUT_CAP);
+        assert_eq!(o.dropped, 1000);
+
+        let e = run_bounded(
+            &mut Command::new("/nonexistent/tool"),
+            None,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("tool: cannot start"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,8 @@ case "$*" in
   *" get configmap cluster-info "*)
     printf '{{"apiVersion":"v1","kind":"ConfigMap","data":{{"kubeconfig":"apiVersion: v1\\nclusters:\\n- cluster:\\n    certificate-authority-data: QQ==\\n    server: https://nodegate-control-plane:6443\\n  name: \\"\\"\\n"}}}}' ;;
   *" patch configmap cluster-info "*) echo "configmap/cluster-info patched" ;;
+  *" create -f -") cat > {d}/created.json; echo "secret created" ;;
+  *" delete secret "*) echo "secret deleted" ;;
   *) echo "error: unexpected kubectl call" >&2; exit 1 ;;
 esac
 "#
@@ -181,7 +183,11 @@ fn kind_contract_create_token_and_teardown() {
     assert_eq!(cp.guest_endpoint, format!("10.0.2.100:{port}"));
     let fwd = cp.forward();
     assert_eq!(
-        (fwd.guest_addr.as_str(), fwd.guest_port, fwd.host_port),
+        (
+            fwd.guest_addr.to_string().as_str(),
+            fwd.guest_port,
+            fwd.host_port
+        ),
         ("10.0.2.100", port, port)
     );
     assert_eq!(cp.ca_hash, stubs.openssl_ca_hash());
@@ -227,18 +233,26 @@ fn kind_contract_create_token_and_teardown() {
     );
 
     let token = cp.create_token(Duration::from_secs(600)).unwrap();
-    let t = token.token().to_string();
+    let secret = token.token().secret().to_string();
     let id = token.token().id().to_string();
     drop(token);
     drop(cp);
-    let calls = stubs.calls();
+    let calls: Vec<String> = stubs.calls().iter().map(|c| plain(c)).collect();
+    // The token is a Secret sent on kubectl's standard input: its secret part is on no
+    // command line.
     assert_eq!(
         &calls[7..],
         [
-            format!("docker exec nodegate-control-plane kubeadm token create {t} --ttl 600s --description nodegate join"),
-            format!("docker exec nodegate-control-plane kubeadm token delete {id}"),
+            "kubectl create -f -".to_string(),
+            format!("kubectl delete secret bootstrap-token-{id} --ignore-not-found --wait=false -n kube-system"),
             "kind delete cluster --name nodegate".to_string(),
         ]
+    );
+    assert!(calls.iter().all(|c| !c.contains(&secret)), "{calls:#?}");
+    let created = fs::read_to_string(stubs.dir.path().join("created.json")).unwrap();
+    assert!(
+        created.contains(&format!("\"token-secret\":\"{secret}\"")),
+        "{created}"
     );
 }
 

@@ -5,7 +5,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::process::Command;
 use std::time::SystemTime;
 
 use common::{assert_refused, ok, run, SignedImage};
@@ -22,16 +21,7 @@ fn snapshot(path: &std::path::Path) -> (Vec<u8>, SystemTime) {
 }
 
 fn openssl(args: &[&str], dir: &std::path::Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed (ci/install-deps.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::tool("openssl", args, dir);
 }
 
 /// Replaces text in the manifest, then signs the result with stock openssl and `key`

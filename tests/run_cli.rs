@@ -203,6 +203,10 @@ fn a_flipped_byte_fails_artifact_digests_and_nothing_boots() {
         .iter()
         .all(|p| p["name"] != "boot"));
     assert_eq!(json["properties"]["image.signed"], "false");
+    assert_eq!(
+        common::run_error(&c.path("out/junit.xml")).as_deref(),
+        Some("integrity")
+    );
 }
 
 #[test]
@@ -261,7 +265,29 @@ fn a_verified_image_passes_the_pre_boot_checks_without_booting() {
     );
     let json = c.json();
     assert_eq!(json["verdict"], "passed");
-    assert_eq!(json["summary"]["passed"], 4);
+    assert_eq!(json["summary"]["passed"], 5);
+    // The floor came from the trust store's released.toml.
+    let rollback = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "integrity::no_rollback")
+        .unwrap()
+        .clone();
+    let out = rollback["attempts"][0]["output"].as_str().unwrap();
+    assert!(out.contains("released.toml (nodegate-node = 1)"), "{out}");
+    // The run's own testcase passed: the run finished.
+    let junit = c.junit();
+    let run = junit
+        .test_suites
+        .iter()
+        .find(|s| s.name.as_str() == "nodegate")
+        .and_then(|s| s.test_cases.iter().find(|t| t.name.as_str() == "run"))
+        .expect("the nodegate::run testcase");
+    assert!(
+        matches!(run.status, TestCaseStatus::Success { .. }),
+        "{run:?}"
+    );
     assert_eq!(json["properties"]["image.signed"], "true");
     assert_eq!(json["properties"]["image.name"], "nodegate-node");
     assert!(
@@ -303,12 +329,17 @@ fn shard_reports_merge_into_one_and_overlaps_are_refused() {
     );
     assert_eq!(
         r.code, 1,
-        "one digest failure in the merged report: {}{}",
+        "the digest failure in the merged report: {}{}",
         r.stdout, r.stderr
     );
     let merged = Report::deserialize_from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(merged.tests, 4);
-    assert_eq!(merged.failures, 1);
+    // Five pre-boot checks and one nodegate::run testcase (one per shard, merged into one:
+    // an error, since each shard stopped at the refusal).
+    assert_eq!(merged.tests, 6);
+    // artifact_digests, and disk_format, which could not look at an unverified disk.
+    assert_eq!(merged.failures, 2);
+    assert!(failure(&merged, "integrity", "disk_format").contains("not verified"));
+    assert_eq!(merged.errors, 1);
     assert!(failure(&merged, "integrity", "artifact_digests").contains("content modified"));
     let r = common::run(
         &["report", "merge", &files[0], &files[0], "-o", &out],
@@ -409,6 +440,11 @@ fn fail_fast_stops_at_the_first_failure_and_reports_the_rest_as_not_run() {
     assert_eq!(st[0], ("integrity::signature".into(), "failed".into()));
     assert!(st[1..].iter().all(|(_, s)| s == "not-run"), "{st:?}");
     assert_eq!(json["stop"]["kind"], "fail-fast");
+    assert_eq!(
+        common::run_error(&c.path("out/junit.xml")).as_deref(),
+        Some("fail-fast"),
+        "JUnit alone shows the run did not finish"
+    );
     assert!(json["checks"][1]["reason"]
         .as_str()
         .unwrap()

@@ -20,10 +20,25 @@ pub enum Firmware {
     Uefi,
 }
 
+/// Disk image formats `boot` takes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DiskFormatArg {
+    /// Read from the image's first bytes (qcow2 by its magic, else raw); never probed
+    /// by QEMU.
+    Auto,
+    /// Raw bytes.
+    Raw,
+    /// qcow2 (self-contained: no backing or data file).
+    Qcow2,
+}
+
 #[derive(Debug, Args)]
 pub struct BootArgs {
     /// The disk image (qcow2 or raw); never written.
     image: PathBuf,
+    /// The image's format.
+    #[arg(long, value_enum, default_value = "auto")]
+    format: DiskFormatArg,
     /// Kernel for direct kernel boot (the image then holds the root filesystem).
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -67,8 +82,8 @@ pub struct BootArgs {
     /// Deadline for `systemctl is-system-running --wait`.
     #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
-    /// Join the node to a control plane once it is ready: auto (kind where kind and
-    /// docker exist, else local), kind, local, local=BIN_DIR or kubeconfig=PATH.
+    /// Join the node to a control plane once it is ready: auto (local: the provider
+    /// proven here; kind only by name), kind, local, local=BIN_DIR or kubeconfig=PATH.
     #[arg(long, value_name = "PROVIDER")]
     control_plane: Option<String>,
     /// kubeadm preflight errors the image knowingly fails (the test bed has no crictl).
@@ -96,18 +111,18 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
             Firmware::Uefi => Boot::debian_uefi(),
         },
     };
-    let (run_dir, temp) = match &args.run_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("nodegate-boot.")
-                .tempdir()
-                .map_err(|source| CliError::Output {
-                    path: std::env::temp_dir(),
-                    source,
-                })?;
-            (t.path().to_owned(), Some(t))
-        }
+    for stale in crate::rundir::reap(&crate::rundir::root()) {
+        tell!("nodegate: notice: {}", crate::rundir::describe(&stale));
+    }
+    // The run's private folder: reaped by the next nodegate if this one is killed.
+    let private =
+        crate::rundir::RunDir::create("boot", None, None).map_err(|source| CliError::Output {
+            path: crate::rundir::root(),
+            source,
+        })?;
+    let run_dir = match &args.run_dir {
+        Some(d) => d.clone(),
+        None => private.path().join("vm"),
     };
     let name = args
         .image
@@ -116,6 +131,11 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
         .unwrap_or("node")
         .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-");
     let mut config = VmConfig::new(&name, args.image.clone(), boot, run_dir.clone());
+    config.image_format = match args.format {
+        DiskFormatArg::Auto => None,
+        DiskFormatArg::Raw => Some("raw".into()),
+        DiskFormatArg::Qcow2 => Some("qcow2".into()),
+    };
     config.accel = args.accel;
     config.cpu = args.cpu.clone();
     config.vcpus = args.vcpus;
@@ -127,11 +147,20 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
 
     let control_plane = match args.control_plane.as_deref() {
         None => None,
-        Some("auto") => Some(ControlPlaneConfig::default_for(
-            &cluster::provider::env_path(),
-        )),
+        Some("auto") => {
+            let (c, why) = ControlPlaneConfig::auto(&cluster::provider::env_path());
+            tell!("nodegate: notice: control plane {why}");
+            Some(c)
+        }
         Some(p) => Some(p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?),
     };
+    let control_plane = control_plane.map(|mut c| {
+        if let ControlPlaneConfig::Local(l) = &mut c {
+            l.state_dir
+                .get_or_insert_with(|| private.path().join("control-plane"));
+        }
+        c
+    });
     // The control plane comes first: the VM is started with a forward to its API server.
     let control_plane = match control_plane {
         Some(c) => Some(c.start()?),
@@ -140,14 +169,14 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     if let Some(cp) = &control_plane {
         config.forwards.push(cp.forward());
     }
-    let mut vm = Vm::start(config, temp)?;
+    let mut vm = Vm::start(config, None)?;
     if vm.accel.accel.as_str() == "tcg" && args.accel != AccelChoice::Tcg {
-        eprintln!("nodegate: notice: {}", vm.accel.reason);
+        tell!("nodegate: notice: {}", vm.accel.reason);
     }
     // Progress for people at a terminal; CI logs get only the result or the error line.
     let tty = std::io::stderr().is_terminal();
     if tty {
-        eprintln!(
+        tell!(
             "booting {} ({} boot, {}, run folder {})",
             args.image.display(),
             vm.config.boot.kind(),
@@ -156,6 +185,15 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
         );
     }
     let mut session = vm.wait_ready()?;
+    // A degraded system or console trouble fails the boot (exit 1), but --keep still
+    // holds the VM so its author can look.
+    let problem = vm.health.problem();
+    if let Some(p) = &problem {
+        tell!("nodegate: error: {p}");
+        if !args.keep {
+            return Err(problem.expect("some").into());
+        }
+    }
     let known_hosts = run_dir.join("known_hosts");
     let _ = std::fs::write(
         &known_hosts,
@@ -163,14 +201,14 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     );
     let t = vm.timings;
     let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64()));
-    println!(
+    say!(
         "ready: console {}, ssh {}, ready {} (accel {})",
         secs(t.console),
         secs(t.ssh),
         secs(t.ready),
         vm.accel.accel.as_str()
     );
-    println!(
+    say!(
         "ssh -i {} -p {} -o UserKnownHostsFile={} {}@127.0.0.1",
         vm.ssh_target.key.private.display(),
         vm.ssh_port,
@@ -190,14 +228,14 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
             join.budget = args.join_timeout;
             let node = cluster::join(cp, &token, &mut session, &join)?;
             let j = node.timings;
-            println!(
+            say!(
                 "joined: node {} registered {:.1}s, Ready {:.1}s after the join started ({} control plane)",
                 node.name(),
                 j.register.as_secs_f64(),
                 j.ready.as_secs_f64(),
                 cp.provider
             );
-            println!(
+            say!(
                 "kubectl --kubeconfig {} get nodes",
                 cp.kubeconfig().display()
             );
@@ -207,11 +245,11 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     };
     drop(session);
     if args.keep {
-        eprintln!("holding the VM; Ctrl-C to tear it down");
+        tell!("holding the VM; Ctrl-C to tear it down");
         while !interrupt::interrupted() {
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("tearing down");
+        tell!("tearing down");
         return Ok(exit::INTERRUPTED);
     }
     vm.shutdown(Duration::from_secs(20));

@@ -112,7 +112,7 @@ pub struct DigestArgs {
 pub fn keygen(args: KeygenArgs) -> Result<i32, CliError> {
     let key = keys::generate()?;
     let paths = keys::write_keypair(&key, &args.out, args.force)?;
-    println!(
+    say!(
         "wrote {} (private, 0600) and {} (public), key id {}",
         paths.private.display(),
         paths.public.display(),
@@ -185,7 +185,7 @@ fn create_manifest(args: CreateArgs) -> Result<i32, CliError> {
         path: out.clone(),
         source,
     })?;
-    println!(
+    say!(
         "wrote {} ({} v{}, {} artifact(s), {} guest file(s), expires {})",
         out.display(),
         manifest.name,
@@ -200,7 +200,7 @@ fn create_manifest(args: CreateArgs) -> Result<i32, CliError> {
 pub fn sign(args: SignArgs) -> Result<i32, CliError> {
     let key = keys::load_signing_key(&args.key)?;
     let sig = sign_manifest(&args.manifest, &key, args.out.as_deref())?;
-    println!(
+    say!(
         "signed {} with {}: {}",
         args.manifest.display(),
         KeyId::of(&key.verifying_key()),
@@ -211,12 +211,9 @@ pub fn sign(args: SignArgs) -> Result<i32, CliError> {
 
 pub fn verify(args: VerifyArgs) -> Result<i32, CliError> {
     let trust = TrustStore::load(&args.trust)?;
-    let opts = VerifyOptions {
-        trust: &trust,
-        signature: args.signature,
-        min_version: args.min_version,
-        now: SystemTime::now(),
-    };
+    let mut opts = VerifyOptions::new(&trust);
+    opts.signature = args.signature;
+    opts.min_version = args.min_version;
     let v = verify_image(&args.manifest, &opts)?;
     if args.json {
         let artifacts: Vec<_> = v
@@ -245,9 +242,9 @@ pub fn verify(args: VerifyArgs) -> Result<i32, CliError> {
             "components": v.manifest.components,
             "artifacts": artifacts,
         });
-        println!("{out:#}");
+        say!("{out:#}");
     } else {
-        println!(
+        say!(
             "verified {}: {} v{} ({}), key {} from {}, expires {}",
             v.manifest_path.display(),
             v.manifest.name,
@@ -258,7 +255,7 @@ pub fn verify(args: VerifyArgs) -> Result<i32, CliError> {
             v.manifest.expires
         );
         for a in &v.artifacts {
-            println!(
+            say!(
                 "  {:<8} {}  {} bytes  sha256 {}  ({})",
                 a.role.as_str(),
                 a.path.display(),
@@ -282,7 +279,7 @@ pub fn digest(args: DigestArgs) -> Result<i32, CliError> {
         let elapsed = start.elapsed();
         let _ = writeln!(stdout.lock(), "{}  {}", d.sha256, path.display());
         if args.stats {
-            eprintln!(
+            tell!(
                 "{}: {} bytes in {:.3} s ({})",
                 path.display(),
                 d.size,

@@ -3,6 +3,23 @@
 //! Each subcommand lives in its own file; this file owns the top-level parser, the error
 //! type every subcommand returns and its mapping to exit codes.
 
+/// Prints a line on stdout. A closed pipe (`nodegate verify ... | head -1`) is not an
+/// error: the line is dropped and the command still ends with its own exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints a line on stderr; a closed stderr is ignored (never a panic).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod boot_cmd;
 mod image_cmds;
 mod run_cmd;
@@ -122,6 +139,7 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            // clap prints help to stdout; a closed pipe there is not a panic either.
             let _ = e.print();
             return match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -145,7 +163,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nodegate: error: {e}");
+            tell!("nodegate: error: {e}");
             e.exit_code()
         }
     }

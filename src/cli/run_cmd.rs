@@ -46,8 +46,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     min_version: Option<u64>,
     /// Boot an image that is not verified; recorded in the report, and the integrity
-    /// checks fail.
-    #[arg(long)]
+    /// checks fail. Cannot be combined with --trust (a run either verifies or does not).
+    #[arg(long, conflicts_with = "trust")]
     allow_unsigned: bool,
     /// A signed upgrade bundle's manifest (hot upgrade suite), verified with --trust.
     #[arg(long, value_name = "PATH")]
@@ -66,8 +66,8 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     suite: Vec<String>,
-    /// Control plane: auto (kind where kind and docker exist, else local), kind, local,
-    /// local=BIN_DIR or kubeconfig=PATH.
+    /// Control plane: auto (local: the provider proven here; kind only by name), kind,
+    /// local, local=BIN_DIR or kubeconfig=PATH.
     #[arg(long, value_name = "PROVIDER", default_value = "auto")]
     control_plane: String,
     /// Accelerator: auto probes KVM and falls back to TCG.
@@ -151,9 +151,9 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         check_suite_names(&defs, &selection)?;
         let lines = run::list(&run::select(defs, &selection));
         for l in &lines {
-            println!("{l}");
+            say!("{l}");
         }
-        println!("\n{} tests, 0 benchmarks", lines.len());
+        say!("\n{} tests, 0 benchmarks", lines.len());
         return Ok(exit::PASS);
     }
     interrupt::install()
@@ -174,9 +174,15 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let profile = Profile::load(&profile_path).map_err(run::RunError::from)?;
     let defs = suite::load(&args.suites).map_err(run::RunError::from)?;
     check_suite_names(&defs, &selection)?;
-    let control_plane = match args.control_plane.as_str() {
-        "auto" => ControlPlaneConfig::default_for(&cluster::provider::env_path()),
-        p => p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?,
+    let (control_plane, control_plane_reason) = match args.control_plane.as_str() {
+        "auto" => {
+            let (c, why) = ControlPlaneConfig::auto(&cluster::provider::env_path());
+            (c, Some(why))
+        }
+        p => (
+            p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?,
+            None,
+        ),
     };
     let config = RunConfig {
         image: args.image.clone(),
@@ -189,6 +195,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         profile,
         profile_path,
         control_plane,
+        control_plane_reason,
         accel: args.accel,
         artifacts: args.artifacts.clone(),
         reports: ReportPaths {

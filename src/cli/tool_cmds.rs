@@ -32,7 +32,7 @@ pub fn report(cmd: ReportCommand) -> Result<i32, CliError> {
                 .to_string()
                 .map_err(|e| CliError::Usage(format!("cannot serialize JUnit: {e}")))?;
             crate::report::write(&a.output, xml.as_bytes()).map_err(crate::run::RunError::from)?;
-            println!(
+            say!(
                 "{}: {} tests, {} failures, {} errors, {} skipped from {} files",
                 a.output.display(),
                 merged.tests,
@@ -62,19 +62,19 @@ pub fn doctor() -> Result<i32, CliError> {
         } else {
             "no"
         };
-        println!("{:width$}  {word:7}  {}", f.item, f.detail);
+        say!("{:width$}  {word:7}  {}", f.item, f.detail);
         if !f.ok {
-            println!("{:width$}           prevents: {}", "", f.prevents);
+            say!("{:width$}           prevents: {}", "", f.prevents);
             if f.required {
                 can_run = false;
             }
         }
     }
     if can_run {
-        println!("\nthis machine can run nodegate");
+        say!("\nthis machine can run nodegate");
         Ok(exit::PASS)
     } else {
-        println!("\nthis machine cannot boot images: install what is MISSING (ci/install-deps.sh)");
+        say!("\nthis machine cannot boot images: install what is MISSING (ci/install-deps.sh)");
         Ok(exit::ENVIRONMENT)
     }
 }

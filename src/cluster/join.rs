@@ -9,15 +9,21 @@ use base64ct::{Base64, Encoding};
 
 use super::token::{check_cluster_info, BootstrapToken};
 use super::{last_lines, ClusterError, ControlPlane, Kubectl};
-use crate::ssh::{SshError, SshSession};
+use crate::ssh::{shell_quote as quote, SshError, SshSession};
 use crate::wait::{wait_until, Poll, WaitError};
 
 /// How an image joins a cluster (from its profile).
+///
+/// The bootstrap token never appears on a command line in the guest (where `ps` and
+/// sudo's journal entries would show it): kubeadm reads it from a JoinConfiguration
+/// file, a script from an environment file, the kubelet from its bootstrap kubeconfig;
+/// each is uploaded with mode 0600 and removed after use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinMethod {
-    /// `kubeadm join ENDPOINT --token T --discovery-token-ca-cert-hash sha256:...`.
+    /// `kubeadm join --config FILE`, the file naming the endpoint, the token and the CA
+    /// pin (`discovery.bootstrapToken`).
     Kubeadm {
-        /// kubeadm preflight checks the image knowingly fails (`--ignore-preflight-errors`),
+        /// kubeadm preflight checks the image knowingly fails (`ignorePreflightErrors`),
         /// e.g. `FileExisting-crictl` on an image without crictl.
         ignore_preflight_errors: Vec<String>,
     },
@@ -28,7 +34,8 @@ pub enum JoinMethod {
         path: String,
     },
     /// Run a vendor script with `NODEGATE_API_SERVER`, `NODEGATE_TOKEN`,
-    /// `NODEGATE_CA_CERT_HASH`, `NODEGATE_CA_FILE` and `NODEGATE_NODE_NAME` set.
+    /// `NODEGATE_CA_CERT_HASH`, `NODEGATE_CA_FILE` and `NODEGATE_NODE_NAME` in its
+    /// environment (read from an uploaded file, not passed on the command line).
     Script {
         /// The script's path on the node.
         path: String,
@@ -70,6 +77,9 @@ pub struct JoinConfig {
     pub reach_timeout: Duration,
     /// How long the controller manager may take to sign cluster-info for the token.
     pub signed_timeout: Duration,
+    /// The kubeadm version on the node (`v1.20.2`), which decides the JoinConfiguration
+    /// API version; `None`: v1beta2, which kubeadm 1.15 to 1.25 read.
+    pub kubeadm_version: Option<String>,
 }
 
 impl JoinConfig {
@@ -83,6 +93,7 @@ impl JoinConfig {
             endpoint: None,
             reach_timeout: Duration::from_secs(60),
             signed_timeout: Duration::from_secs(120),
+            kubeadm_version: None,
         }
     }
 }
@@ -141,44 +152,81 @@ pub fn bootstrap_kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
 const BOOTSTRAP_UPLOAD: &str = "/tmp/nodegate-bootstrap.kubeconfig";
 /// Where the cluster CA is uploaded for a join script.
 const CA_UPLOAD: &str = "/tmp/nodegate-ca.crt";
+/// Where kubeadm's JoinConfiguration (with the token) is uploaded.
+const KUBEADM_UPLOAD: &str = "/tmp/nodegate-join.yaml";
+/// Where a join script's environment (with the token) is uploaded.
+const ENV_UPLOAD: &str = "/tmp/nodegate-join.env";
 
-/// The shell command that joins the node with `method` (files already uploaded).
-pub fn node_command(
-    method: &JoinMethod,
+/// The JoinConfiguration API version kubeadm `version` reads: v1beta2 up to 1.21
+/// (and without a version), v1beta3 from 1.22 (v1beta2 was removed in 1.26).
+pub fn kubeadm_api(version: Option<&str>) -> &'static str {
+    let minor = version
+        .and_then(|v| v.trim_start_matches('v').split('.').nth(1))
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if m >= 22 => "kubeadm.k8s.io/v1beta3",
+        _ => "kubeadm.k8s.io/v1beta2",
+    }
+}
+
+/// A JSON string literal (valid YAML too) of `s`.
+fn yaml_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// kubeadm's JoinConfiguration for a token join.
+pub fn kubeadm_join_config(
+    api: &str,
     endpoint: &str,
     token: &str,
     pin: &str,
     node: &str,
+    ignore_preflight_errors: &[String],
 ) -> String {
+    let ignored: Vec<String> = ignore_preflight_errors
+        .iter()
+        .map(|e| yaml_str(e))
+        .collect();
+    format!(
+        "apiVersion: {api}\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {}\n    token: {}\n    caCertHashes: [{}]\nnodeRegistration:\n  name: {}\n  ignorePreflightErrors: [{}]\n",
+        yaml_str(endpoint),
+        yaml_str(token),
+        yaml_str(pin),
+        yaml_str(node),
+        ignored.join(", ")
+    )
+}
+
+/// A join script's environment file: `NAME='value'` lines for `sh`'s `.`.
+pub fn script_env(endpoint: &str, token: &str, pin: &str, node: &str) -> String {
+    [
+        ("NODEGATE_API_SERVER", format!("https://{endpoint}")),
+        ("NODEGATE_TOKEN", token.to_string()),
+        ("NODEGATE_CA_CERT_HASH", pin.to_string()),
+        ("NODEGATE_CA_FILE", CA_UPLOAD.to_string()),
+        ("NODEGATE_NODE_NAME", node.to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}\n", quote(v)))
+    .collect()
+}
+
+/// The shell command that joins the node with `method`, once its files are uploaded:
+/// it names files only, never the token.
+pub fn node_command(method: &JoinMethod) -> String {
     match method {
-        JoinMethod::Kubeadm {
-            ignore_preflight_errors,
-        } => {
-            let mut c = format!(
-                "sudo kubeadm join {endpoint} --token {token} --discovery-token-ca-cert-hash {pin} --node-name {}",
-                quote(node)
-            );
-            if !ignore_preflight_errors.is_empty() {
-                c.push_str(" --ignore-preflight-errors=");
-                c.push_str(&quote(&ignore_preflight_errors.join(",")));
-            }
-            c
-        }
+        JoinMethod::Kubeadm { .. } => format!(
+            "sudo kubeadm join --config {KUBEADM_UPLOAD}; s=$?; rm -f {KUBEADM_UPLOAD}; exit $s"
+        ),
         JoinMethod::BootstrapKubeconfig { path } => format!(
             "sudo install -D -m 0600 {BOOTSTRAP_UPLOAD} {} && rm -f {BOOTSTRAP_UPLOAD} && sudo systemctl restart kubelet",
             quote(path)
         ),
         JoinMethod::Script { path } => format!(
-            "sudo env NODEGATE_API_SERVER=https://{endpoint} NODEGATE_TOKEN={token} NODEGATE_CA_CERT_HASH={pin} NODEGATE_CA_FILE={CA_UPLOAD} NODEGATE_NODE_NAME={} {}",
-            quote(node),
+            "sudo sh -c 'set -a; . {ENV_UPLOAD}; set +a; rm -f {ENV_UPLOAD}; exec \"$0\"' {}",
             quote(path)
         ),
     }
-}
-
-/// Single-quotes `s` for the guest's shell.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn wait_err(e: WaitError, node: &str, what: &'static str, budget: Duration) -> ClusterError {
@@ -322,6 +370,9 @@ pub fn join(
     config: &JoinConfig,
 ) -> Result<JoinedNode, ClusterError> {
     let node = config.node_name.as_str();
+    // The whole join, discovery and reachability included, fits in the budget.
+    let deadline = Instant::now() + config.budget;
+    let left = || deadline.saturating_duration_since(Instant::now());
     preflight(cp, token, config)?;
     let endpoint = config
         .endpoint
@@ -336,7 +387,7 @@ pub fn join(
     // signature (the controller manager's bootstrapsigner adds it within seconds).
     wait_until(
         format!("cluster-info signed for token {}", token.token().id()),
-        config.signed_timeout,
+        config.signed_timeout.min(left()),
         Duration::from_secs(1),
         || match cp
             .kubectl
@@ -356,7 +407,7 @@ pub fn join(
         WaitError::Fatal { reason, .. } => ClusterError::ClusterInfo(reason),
     })?;
 
-    probe_from_vm(ssh, &endpoint, config.reach_timeout)?;
+    probe_from_vm(ssh, &endpoint, config.reach_timeout.min(left()))?;
 
     let start = Instant::now();
     let mut joined = JoinedNode {
@@ -371,15 +422,26 @@ pub fn join(
     };
     let tok = token.token().to_string();
     match &config.method {
-        JoinMethod::Kubeadm { .. } => {}
+        JoinMethod::Kubeadm {
+            ignore_preflight_errors,
+        } => {
+            let api = kubeadm_api(config.kubeadm_version.as_deref());
+            let yaml =
+                kubeadm_join_config(api, &endpoint, &tok, &pin, node, ignore_preflight_errors);
+            ssh.upload_bytes(yaml.as_bytes(), KUBEADM_UPLOAD, 0o600)?
+        }
         JoinMethod::BootstrapKubeconfig { .. } => {
             let kubeconfig = bootstrap_kubeconfig(&server, &cp.ca_pem, &tok);
             ssh.upload_bytes(kubeconfig.as_bytes(), BOOTSTRAP_UPLOAD, 0o600)?
         }
-        JoinMethod::Script { .. } => ssh.upload_bytes(cp.ca_pem.as_bytes(), CA_UPLOAD, 0o644)?,
+        JoinMethod::Script { .. } => {
+            ssh.upload_bytes(cp.ca_pem.as_bytes(), CA_UPLOAD, 0o644)?;
+            let env = script_env(&endpoint, &tok, &pin, node);
+            ssh.upload_bytes(env.as_bytes(), ENV_UPLOAD, 0o600)?
+        }
     }
-    let command = node_command(&config.method, &endpoint, &tok, &pin, node);
-    let out = ssh.exec(&command, config.budget).map_err(|e| match e {
+    let command = node_command(&config.method);
+    let out = ssh.exec(&command, left()).map_err(|e| match e {
         SshError::Timeout { partial, .. } => ClusterError::JoinTimedOut {
             node: node.into(),
             method: config.method.name(),
@@ -408,7 +470,7 @@ pub fn join(
     }
     joined.timings.join_command = start.elapsed();
 
-    let remaining = || config.budget.saturating_sub(start.elapsed());
+    let remaining = left;
     wait_node(
         cp,
         node,
@@ -452,37 +514,52 @@ mod tests {
     }
 
     #[test]
-    fn node_commands_per_method() {
+    fn node_commands_name_files_never_the_token() {
+        let token = "abcdef.0123456789abcdef";
         let pin = format!("sha256:{}", "a".repeat(64));
-        let c = node_command(
-            &JoinMethod::kubeadm(),
+        for m in [
+            JoinMethod::kubeadm(),
+            JoinMethod::BootstrapKubeconfig {
+                path: "/etc/kubernetes/bootstrap-kubelet.conf".into(),
+            },
+            JoinMethod::Script {
+                path: "/opt/vendor/join.sh".into(),
+            },
+        ] {
+            let c = node_command(&m);
+            assert!(!c.contains("0123456789abcdef"), "{c}");
+        }
+        assert_eq!(
+            node_command(&JoinMethod::kubeadm()),
+            "sudo kubeadm join --config /tmp/nodegate-join.yaml; s=$?; rm -f /tmp/nodegate-join.yaml; exit $s"
+        );
+        let y = kubeadm_join_config(
+            kubeadm_api(Some("v1.20.2")),
             "10.0.2.100:6443",
-            "abcdef.0123456789abcdef",
+            token,
             &pin,
             "n1",
+            &["FileExisting-crictl".into()],
         );
-        assert_eq!(
-            c,
-            format!("sudo kubeadm join 10.0.2.100:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash {pin} --node-name 'n1'")
-        );
-        let m = JoinMethod::Kubeadm {
-            ignore_preflight_errors: vec!["FileExisting-crictl".into(), "Swap".into()],
-        };
-        let c = node_command(&m, "10.0.2.100:6443", "t", &pin, "n1");
         assert!(
-            c.ends_with(" --node-name 'n1' --ignore-preflight-errors='FileExisting-crictl,Swap'"),
-            "{c}"
+            y.starts_with("apiVersion: kubeadm.k8s.io/v1beta2\nkind: JoinConfiguration\n"),
+            "{y}"
         );
-        let m = JoinMethod::BootstrapKubeconfig {
-            path: "/etc/kubernetes/bootstrap-kubelet.conf".into(),
-        };
-        let c = node_command(&m, "10.0.2.100:6443", "t", &pin, "n1");
-        assert_eq!(c, "sudo install -D -m 0600 /tmp/nodegate-bootstrap.kubeconfig '/etc/kubernetes/bootstrap-kubelet.conf' && rm -f /tmp/nodegate-bootstrap.kubeconfig && sudo systemctl restart kubelet");
-        let m = JoinMethod::Script {
-            path: "/opt/vendor/join.sh".into(),
-        };
-        let c = node_command(&m, "10.0.2.100:6443", "t", &pin, "n1");
-        assert_eq!(c, format!("sudo env NODEGATE_API_SERVER=https://10.0.2.100:6443 NODEGATE_TOKEN=t NODEGATE_CA_CERT_HASH={pin} NODEGATE_CA_FILE=/tmp/nodegate-ca.crt NODEGATE_NODE_NAME='n1' '/opt/vendor/join.sh'"));
+        assert!(
+            y.contains("    token: \"abcdef.0123456789abcdef\"\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("  ignorePreflightErrors: [\"FileExisting-crictl\"]\n"),
+            "{y}"
+        );
+        assert_eq!(kubeadm_api(Some("v1.29.0")), "kubeadm.k8s.io/v1beta3");
+        let env = script_env("10.0.2.100:6443", token, &pin, "it's");
+        assert!(env.contains("NODEGATE_NODE_NAME='it'\\''s'\n"), "{env}");
+        assert!(node_command(&JoinMethod::Script {
+            path: "/opt/j.sh".into()
+        })
+        .ends_with(" '/opt/j.sh'"));
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::time::Duration;
 use super::kubectl::run_command;
 use super::local::adapt_cluster_info;
 use super::provider::{env_path, ControlPlane, ProviderKind, Teardown};
-use super::token::TokenIssuer;
 use super::{ca_cert_hash, find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
 
 const PROVIDER: ProviderKind = ProviderKind::Kind;
@@ -250,7 +249,6 @@ pub fn start(config: &KindConfig) -> Result<ControlPlane, ClusterError> {
         guest_endpoint,
         ca_pem,
         ca_hash,
-        issuer: TokenIssuer::KindContainer { docker, container },
         teardown,
         _state: temp,
     })

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use base64ct::{Base64, Encoding};
 
 use super::provider::{ControlPlane, ProviderKind, Teardown};
-use super::token::TokenIssuer;
 use super::{ca_cert_hash, ClusterError, Kubectl, GUEST_API_ADDR};
 
 const PROVIDER: ProviderKind = ProviderKind::Kubeconfig;
@@ -79,7 +78,6 @@ pub fn attach(config: &KubeconfigConfig) -> Result<ControlPlane, ClusterError> {
     kubectl.run(&["get", "--raw", "/readyz"])?;
     Ok(ControlPlane {
         provider: PROVIDER,
-        issuer: TokenIssuer::Secret(kubectl.clone()),
         kubectl,
         host_port: port,
         guest_endpoint: format!("{}:{port}", config.guest_addr),

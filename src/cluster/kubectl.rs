@@ -1,54 +1,61 @@
 //! [`Kubectl`]: the test bed's kubectl (`$BIN/kubectl`, never the host's), one kubeconfig,
 //! JSON output parsed with serde_json.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{is_executable, last_lines, ClusterError, ProviderKind};
+use crate::process::{run_bounded, CommandError};
 
-/// Runs `cmd` (stdin fed from `stdin`), returns stdout; a failure names the provider and
-/// the command.
+/// How long a one-shot provider command (kubeadm phase, docker, kind query) may run.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd` (stdin fed from `stdin`) within `timeout`, returns stdout; a failure names
+/// the provider and the command.
 pub(crate) fn run_command(
     provider: ProviderKind,
     cmd: &mut Command,
     stdin: Option<&[u8]>,
 ) -> Result<String, ClusterError> {
+    run_command_within(provider, cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// [`run_command`] with its own deadline.
+pub(crate) fn run_command_within(
+    provider: ProviderKind,
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<String, ClusterError> {
     let shown = describe(cmd);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
     let fail = |status: String, stderr: String| ClusterError::Command {
         provider,
         command: shown.clone(),
         status,
         stderr,
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail("not started".into(), e.to_string()))?;
-    if let Some(bytes) = stdin {
-        if let Some(mut s) = child.stdin.take() {
-            let _ = s.write_all(bytes);
+    let out = match run_bounded(cmd, stdin, timeout) {
+        Ok(o) => o,
+        Err(CommandError::Interrupted { .. }) => {
+            return Err(ClusterError::Interrupted(shown.clone()))
         }
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail("not waited for".into(), e.to_string()))?;
+        Err(CommandError::Spawn { source, .. }) => {
+            return Err(fail("not started".into(), source.to_string()))
+        }
+        Err(e @ CommandError::TimedOut { .. }) => {
+            return Err(fail("timed out".into(), e.to_string()))
+        }
+    };
     if !out.status.success() {
         return Err(fail(
             out.status.to_string(),
-            last_lines(&String::from_utf8_lossy(&out.stderr), 3),
+            last_lines(&out.stderr_text(), 3),
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout_text())
 }
 
 /// `kubectl get ...`, shortened for messages: program base name and arguments.
@@ -120,14 +127,36 @@ impl Kubectl {
         c
     }
 
+    /// How long one kubectl call may run: its request timeout and a margin.
+    fn deadline(&self) -> Duration {
+        let t = if crate::interrupt::interrupted() {
+            // Teardown after Ctrl-C: a cluster that does not answer at once is left to
+            // the next run's clean-up.
+            Duration::from_secs(5)
+        } else {
+            self.request_timeout
+        };
+        t + Duration::from_secs(10)
+    }
+
     /// Runs kubectl with `args`; returns stdout.
     pub fn run(&self, args: &[&str]) -> Result<String, ClusterError> {
-        run_command(self.provider, &mut self.command(args), None)
+        run_command_within(
+            self.provider,
+            &mut self.command(args),
+            None,
+            self.deadline(),
+        )
     }
 
     /// Runs kubectl with `args`, feeding `stdin`; returns stdout.
     pub fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Result<String, ClusterError> {
-        run_command(self.provider, &mut self.command(args), Some(stdin))
+        run_command_within(
+            self.provider,
+            &mut self.command(args),
+            Some(stdin),
+            self.deadline(),
+        )
     }
 
     /// `kubectl ARGS -o json`, parsed.

@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::kubectl::{run_command, set_server};
 use super::provider::{ControlPlane, ProviderKind, Teardown};
-use super::token::TokenIssuer;
 use super::{ca_cert_hash, is_executable, last_lines, ClusterError, Kubectl, GUEST_API_ADDR};
 use crate::process::ProcessGroup;
 use crate::wait::{wait_until, Poll, WaitError};
@@ -161,7 +160,8 @@ impl Start<'_> {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// A one-shot command, its output appended to logs/LOG.log.
+    /// A one-shot command within the start-up deadline, its output appended to
+    /// logs/LOG.log.
     fn run_logged(&self, log: &str, cmd: &mut Command) -> Result<(), ClusterError> {
         let path = self.log(log);
         let mut f = fs::OpenOptions::new()
@@ -171,21 +171,25 @@ impl Start<'_> {
             .map_err(Self::io(&path))?;
         use std::io::Write;
         let _ = writeln!(f, "+ {cmd:?}");
-        let status = cmd
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().map_err(Self::io(&path))?)
-            .stderr(f)
-            .status()
-            .map_err(Self::io(Path::new(cmd.get_program())))?;
-        if !status.success() {
-            let args: Vec<String> = cmd
-                .get_args()
-                .take(4)
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            return Err(
-                self.component_error(log, format!("`{log} {}` failed ({status})", args.join(" ")))
-            );
+        let args: Vec<String> = cmd
+            .get_args()
+            .take(4)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let out = match crate::process::run_bounded(cmd, None, self.remaining()) {
+            Ok(o) => o,
+            Err(crate::process::CommandError::Interrupted { program }) => {
+                return Err(ClusterError::Interrupted(program))
+            }
+            Err(e) => return Err(self.component_error(log, e.to_string())),
+        };
+        let _ = f.write_all(&out.stdout);
+        let _ = f.write_all(&out.stderr);
+        if !out.status.success() {
+            return Err(self.component_error(
+                log,
+                format!("`{log} {}` failed ({})", args.join(" "), out.status),
+            ));
         }
         Ok(())
     }
@@ -561,10 +565,6 @@ pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
         guest_endpoint: format!("{guest}:{port}"),
         ca_pem,
         ca_hash,
-        issuer: TokenIssuer::Kubeadm {
-            kubeadm: config.bin_dir.join("kubeadm"),
-            kubeconfig: admin,
-        },
         teardown: Teardown::Processes(groups),
         _state: temp,
     })

@@ -29,7 +29,7 @@ pub use kubeconfig::KubeconfigConfig;
 pub use kubectl::Kubectl;
 pub use local::LocalConfig;
 pub use provider::{ControlPlane, ControlPlaneConfig, ProviderKind};
-pub use token::{BootstrapToken, Token, TokenIssuer};
+pub use token::{BootstrapToken, Token};
 
 use crate::exit;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::kind::{self, KindConfig};
 use super::kubeconfig::{self, KubeconfigConfig};
 use super::local::{self, LocalConfig};
-use super::token::{BootstrapToken, TokenIssuer};
+use super::token::BootstrapToken;
 use super::{find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
 use crate::process::ProcessGroup;
 use crate::vm::GuestForward;
@@ -48,13 +48,20 @@ pub enum ControlPlaneConfig {
 }
 
 impl ControlPlaneConfig {
-    /// The default: kind where `kind` and `docker` are on `path`, else local processes.
-    pub fn default_for(path: &std::ffi::OsStr) -> ControlPlaneConfig {
-        if find_on_path("kind", path).is_some() && find_on_path("docker", path).is_some() {
-            ControlPlaneConfig::Kind(KindConfig::default())
+    /// What `--control-plane auto` picks, and why: only a provider nodegate has proven
+    /// to work. That is the local control plane; kind is used when asked for by name
+    /// (`--control-plane kind`), since nothing here probes that it really runs.
+    pub fn auto(path: &std::ffi::OsStr) -> (ControlPlaneConfig, String) {
+        let why = if find_on_path("kind", path).is_some() && find_on_path("docker", path).is_some()
+        {
+            "auto: local (kind and docker are installed, but kind is used only when asked for by name: no probe shows it works here)"
         } else {
-            ControlPlaneConfig::Local(LocalConfig::default())
-        }
+            "auto: local (the only provider proven on this machine)"
+        };
+        (
+            ControlPlaneConfig::Local(LocalConfig::default()),
+            why.into(),
+        )
     }
 
     /// The provider.
@@ -136,7 +143,6 @@ pub struct ControlPlane {
     pub ca_pem: String,
     /// Its kubeadm pin, `sha256:...`.
     pub ca_hash: String,
-    pub(crate) issuer: TokenIssuer,
     pub(crate) teardown: Teardown,
     pub(crate) _state: Option<tempfile::TempDir>,
 }
@@ -150,7 +156,7 @@ impl ControlPlane {
             .and_then(|(_, p)| p.parse().ok())
             .unwrap_or(self.host_port);
         GuestForward {
-            guest_addr: GUEST_API_ADDR.into(),
+            guest_addr: GUEST_API_ADDR.parse().expect("a literal address"),
             guest_port: port,
             host_port: self.host_port,
         }
@@ -168,7 +174,7 @@ impl ControlPlane {
 
     /// A fresh bootstrap token valid for `ttl`, created the provider's way.
     pub fn create_token(&self, ttl: Duration) -> Result<BootstrapToken, ClusterError> {
-        BootstrapToken::create(self.issuer.clone(), ttl)
+        BootstrapToken::create(&self.kubectl, ttl)
     }
 
     /// Whether every local component still runs (always true for other providers).
@@ -205,11 +211,11 @@ impl Drop for ControlPlane {
                 }
             }
             Teardown::KindCluster { kind, name } => {
-                let _ = Command::new(kind)
-                    .args(["delete", "cluster", "--name", &name])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                let _ = crate::process::run_bounded(
+                    Command::new(kind).args(["delete", "cluster", "--name", &name]),
+                    None,
+                    Duration::from_secs(120),
+                );
             }
         }
     }
@@ -239,9 +245,20 @@ mod tests {
     }
 
     #[test]
-    fn default_is_local_without_kind_and_docker() {
+    fn auto_picks_local_even_where_kind_and_docker_exist() {
         let empty = tempfile::tempdir().unwrap();
-        let c = ControlPlaneConfig::default_for(empty.path().as_os_str());
+        let (c, why) = ControlPlaneConfig::auto(empty.path().as_os_str());
         assert_eq!(c.kind(), ProviderKind::Local);
+        assert!(why.starts_with("auto: local"), "{why}");
+        let bin = tempfile::tempdir().unwrap();
+        for tool in ["kind", "docker"] {
+            let p = bin.path().join(tool);
+            std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let (c, why) = ControlPlaneConfig::auto(bin.path().as_os_str());
+        assert_eq!(c.kind(), ProviderKind::Local);
+        assert!(why.contains("only when asked for by name"), "{why}");
     }
 }

@@ -1,16 +1,17 @@
-//! Bootstrap tokens: [`Token`] (the `id.secret` string), [`TokenIssuer`] (how a provider
-//! creates and deletes one) and the [`BootstrapToken`] guard whose `Drop` deletes it.
+//! Bootstrap tokens: [`Token`] (the `id.secret` string) and the [`BootstrapToken`] guard
+//! whose `Drop` deletes it.
+//!
+//! Every provider creates a token the same way: a `bootstrap.kubernetes.io/token` Secret
+//! sent to `kubectl create -f -` on its standard input. The secret part is never on a
+//! command line (`kubeadm token create TOKEN` would show it to every user of `ps`).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::kubectl::run_command;
-use super::{ClusterError, Kubectl, ProviderKind};
+use super::{ClusterError, Kubectl};
 
 /// A bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,37 +87,6 @@ impl Token {
     }
 }
 
-/// How a provider creates and deletes bootstrap tokens.
-#[derive(Debug, Clone)]
-pub enum TokenIssuer {
-    /// A Secret through the API (kubeconfig provider).
-    Secret(Kubectl),
-    /// `kubeadm token create/delete` on this host (local provider).
-    Kubeadm {
-        /// The kubeadm binary.
-        kubeadm: PathBuf,
-        /// An admin kubeconfig.
-        kubeconfig: PathBuf,
-    },
-    /// `kubeadm token create/delete` inside the kind control-plane container.
-    KindContainer {
-        /// The docker binary.
-        docker: PathBuf,
-        /// The control-plane container.
-        container: String,
-    },
-}
-
-impl TokenIssuer {
-    fn provider(&self) -> ProviderKind {
-        match self {
-            TokenIssuer::Secret(k) => k.provider,
-            TokenIssuer::Kubeadm { .. } => ProviderKind::Local,
-            TokenIssuer::KindContainer { .. } => ProviderKind::Kind,
-        }
-    }
-}
-
 /// The RFC 3339 form (UTC, seconds) of a time.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -127,59 +97,37 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub struct BootstrapToken {
     token: Token,
     expires: SystemTime,
-    issuer: TokenIssuer,
+    kubectl: Kubectl,
     deleted: bool,
 }
 
 impl BootstrapToken {
-    /// Creates a fresh token valid for `ttl` (whole seconds, at least 1).
-    pub fn create(issuer: TokenIssuer, ttl: Duration) -> Result<BootstrapToken, ClusterError> {
+    /// Creates a fresh token valid for `ttl` (whole seconds, at least 1) as a Secret,
+    /// through `kubectl`'s standard input.
+    pub fn create(kubectl: &Kubectl, ttl: Duration) -> Result<BootstrapToken, ClusterError> {
         let token = Token::generate();
         let ttl = Duration::from_secs(ttl.as_secs().max(1));
         let expires = SystemTime::now() + ttl;
-        let description = "nodegate join";
-        let ttl_arg = format!("{}s", ttl.as_secs());
-        match &issuer {
-            TokenIssuer::Secret(k) => {
-                let secret = json!({
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
-                    "type": "bootstrap.kubernetes.io/token",
-                    "stringData": {
-                        "description": description,
-                        "token-id": token.id(),
-                        "token-secret": token.secret(),
-                        "expiration": rfc3339(expires),
-                        "usage-bootstrap-authentication": "true",
-                        "usage-bootstrap-signing": "true",
-                        "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
-                    }
-                });
-                k.create(&secret)?;
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "description": "nodegate join",
+                "token-id": token.id(),
+                "token-secret": token.secret(),
+                "expiration": rfc3339(expires),
+                "usage-bootstrap-authentication": "true",
+                "usage-bootstrap-signing": "true",
+                "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token",
             }
-            TokenIssuer::Kubeadm {
-                kubeadm,
-                kubeconfig,
-            } => {
-                let mut c = Command::new(kubeadm);
-                c.args(["token", "create", &token.to_string(), "--ttl", &ttl_arg])
-                    .args(["--description", description, "--kubeconfig"])
-                    .arg(kubeconfig);
-                run_command(ProviderKind::Local, &mut c, None)?;
-            }
-            TokenIssuer::KindContainer { docker, container } => {
-                let mut c = Command::new(docker);
-                c.args(["exec", container, "kubeadm", "token", "create"])
-                    .args([&token.to_string(), "--ttl", &ttl_arg])
-                    .args(["--description", description]);
-                run_command(ProviderKind::Kind, &mut c, None)?;
-            }
-        }
+        });
+        kubectl.create(&secret)?;
         Ok(BootstrapToken {
             token,
             expires,
-            issuer,
+            kubectl: kubectl.clone(),
             deleted: false,
         })
     }
@@ -237,26 +185,8 @@ impl BootstrapToken {
             return Ok(());
         }
         self.deleted = true;
-        let id = self.token.id().to_string();
-        match &self.issuer {
-            TokenIssuer::Secret(k) => {
-                k.delete("secret", Some("kube-system"), &self.token.secret_name())
-            }
-            TokenIssuer::Kubeadm {
-                kubeadm,
-                kubeconfig,
-            } => {
-                let mut c = Command::new(kubeadm);
-                c.args(["token", "delete", &id, "--kubeconfig"])
-                    .arg(kubeconfig);
-                run_command(self.issuer.provider(), &mut c, None).map(|_| ())
-            }
-            TokenIssuer::KindContainer { docker, container } => {
-                let mut c = Command::new(docker);
-                c.args(["exec", container, "kubeadm", "token", "delete", &id]);
-                run_command(self.issuer.provider(), &mut c, None).map(|_| ())
-            }
-        }
+        self.kubectl
+            .delete("secret", Some("kube-system"), &self.token.secret_name())
     }
 }
 

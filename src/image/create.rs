@@ -42,6 +42,14 @@ pub enum CreateError {
         /// What is wrong.
         reason: String,
     },
+    /// A disk image nodegate would refuse to boot (it references other files).
+    #[error("{path}: {source}")]
+    Disk {
+        /// The image.
+        path: PathBuf,
+        /// What is wrong.
+        source: super::disk_format::DiskFormatError,
+    },
     /// The values given make an invalid manifest.
     #[error("{path}: {source}")]
     Invalid {
@@ -96,10 +104,22 @@ pub fn build(spec: &ManifestSpec, manifest_path: &Path) -> Result<Manifest, Crea
                 folder: folder.clone(),
             })?;
         let digest = sha256_file(&resolved).map_err(io_err)?;
+        let format = detect_format(*role, &resolved).map_err(io_err)?;
+        if *role == ArtifactRole::Disk {
+            let head = File::open(&resolved)
+                .and_then(super::disk_format::read_head)
+                .map_err(io_err)?;
+            super::disk_format::inspect(&head, Some(&format)).map_err(|source| {
+                CreateError::Disk {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
         artifacts.push(Artifact {
             role: *role,
             path: relative.to_string_lossy().into_owned(),
-            format: detect_format(*role, &resolved).map_err(io_err)?,
+            format,
             size: digest.size,
             sha256: digest.sha256,
         });

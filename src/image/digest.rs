@@ -31,13 +31,17 @@ pub struct FileDigest {
 
 /// Hashes a whole file.
 pub fn sha256_file(path: &Path) -> io::Result<FileDigest> {
-    let file = File::open(path)?;
+    sha256_open(&File::open(path)?)
+}
+
+/// Hashes an open file from its start, through this descriptor only.
+pub fn sha256_open(file: &File) -> io::Result<FileDigest> {
     let meta = file.metadata()?;
     if meta.is_file() && meta.len() > 0 {
         // SAFETY: the mapping is read-only and private to this call. If another process
         // truncates the file while it is hashed, the kernel raises SIGBUS and nodegate
         // dies with a non-zero status: the image is refused, never accepted.
-        if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+        if let Ok(map) = unsafe { memmap2::Mmap::map(file) } {
             let _ = map.advise(memmap2::Advice::Sequential);
             return Ok(FileDigest {
                 sha256: hash_mapped(&map),
@@ -45,7 +49,56 @@ pub fn sha256_file(path: &Path) -> io::Result<FileDigest> {
             });
         }
     }
-    sha256_reader(file)
+    use std::os::unix::fs::FileExt;
+    // Streamed with positioned reads, so the descriptor's offset does not matter.
+    struct At<'f>(&'f File, u64);
+    impl Read for At<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read_at(buf, self.1)?;
+            self.1 += n as u64;
+            Ok(n)
+        }
+    }
+    sha256_reader(At(file, 0))
+}
+
+/// Copies everything `src` yields into `dst` while hashing it, in one pass: the digest is
+/// that of exactly the bytes written. Blocks of zeros become holes, so a sparse raw
+/// image stays sparse. `dst` must be empty; its length is set at the end.
+pub fn copy_hashed<R: Read>(mut src: R, dst: &mut File) -> io::Result<FileDigest> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        // Fill the buffer (short reads happen on pipes), so holes are block-aligned.
+        let mut n = 0;
+        while n < buf.len() {
+            match src.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        if chunk.iter().all(|b| *b == 0) {
+            dst.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            dst.write_all(chunk)?;
+        }
+        size += n as u64;
+    }
+    dst.set_len(size)?;
+    dst.sync_all()?;
+    Ok(FileDigest {
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
 }
 
 /// Hashes a mapping window by window while a helper thread prefaults the next window.
@@ -132,6 +185,27 @@ mod tests {
         assert_eq!(mapped, streamed);
         assert_eq!(mapped.sha256, sha256_bytes(&data));
         assert_eq!(mapped.size, data.len() as u64);
+    }
+
+    #[test]
+    fn a_hashed_copy_has_the_source_digest_and_keeps_holes() {
+        let mut data = vec![0u8; 3 * BUFFER_SIZE + 100];
+        data[5] = 1;
+        let n = data.len();
+        data[n - 1] = 7;
+        let d = tempfile::tempdir().unwrap();
+        let mut dst = File::create(d.path().join("copy")).unwrap();
+        let digest = copy_hashed(&data[..], &mut dst).unwrap();
+        assert_eq!(digest.sha256, sha256_bytes(&data));
+        assert_eq!(std::fs::read(d.path().join("copy")).unwrap(), data);
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(d.path().join("copy")).unwrap().blocks();
+        assert!(
+            blocks * 512 < 3 * BUFFER_SIZE as u64,
+            "zeros were written out"
+        );
+        let f = File::open(d.path().join("copy")).unwrap();
+        assert_eq!(sha256_open(&f).unwrap(), digest);
     }
 
     #[test]

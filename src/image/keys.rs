@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -55,6 +54,19 @@ pub enum KeyError {
     /// The system random number generator failed.
     #[error("cannot generate a key: random source failed: {0}")]
     Random(String),
+    /// The trust store's list of released versions is malformed.
+    #[error("{0}")]
+    Released(String),
+}
+
+/// The file in a trust store folder that holds the last released version of each image
+/// name, the rollback floor: `[released]` then `NAME = VERSION` lines.
+pub const RELEASED_FILE: &str = "released.toml";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleasedFile {
+    released: BTreeMap<String, u64>,
 }
 
 /// A short, stable identifier of a public key: `ed25519:` and the first 16 bytes of the
@@ -153,24 +165,10 @@ fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let io_err = |source| KeyError::Io {
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(|source| KeyError::Io {
         path: path.to_owned(),
         source,
-    };
-    // Remove first so the mode of a replaced file is ours, not the old one's.
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_err)?;
-    f.write_all(bytes).map_err(io_err)?;
-    f.sync_all().map_err(io_err)
+    })
 }
 
 /// Reads a PKCS#8 PEM Ed25519 private key.
@@ -226,6 +224,8 @@ pub struct TrustStore {
     /// Where the keys were read from (a folder or one file).
     pub source: PathBuf,
     keys: BTreeMap<KeyId, TrustedKey>,
+    /// The last released version per image name ([`RELEASED_FILE`]), and that file.
+    released: Option<(PathBuf, BTreeMap<String, u64>)>,
 }
 
 impl TrustStore {
@@ -270,10 +270,30 @@ impl TrustStore {
             let key = load_public_key(&file)?;
             keys.insert(KeyId::of(&key), TrustedKey { key, path: file });
         }
+        let released_path = path.join(RELEASED_FILE);
+        let released = if meta.is_dir() && released_path.exists() {
+            let f: ReleasedFile = crate::config_file::load(&released_path)
+                .map_err(|e| KeyError::Released(e.to_string()))?;
+            Some((released_path, f.released))
+        } else {
+            None
+        };
         Ok(TrustStore {
             source: path.to_owned(),
             keys,
+            released,
         })
+    }
+
+    /// The last released version of image `name`, and the file that says so.
+    pub fn released(&self, name: &str) -> Option<(u64, &Path)> {
+        let (path, map) = self.released.as_ref()?;
+        map.get(name).map(|v| (*v, path.as_path()))
+    }
+
+    /// The released-versions file, if the trust store has one.
+    pub fn released_file(&self) -> Option<&Path> {
+        self.released.as_ref().map(|(p, _)| p.as_path())
     }
 
     /// The key with this id, if trusted.
@@ -336,6 +356,23 @@ mod tests {
         assert_eq!(store.ids().count(), 2);
         assert!(store.get(KeyId::of(&a.verifying_key()).as_str()).is_some());
         assert!(store.get(KeyId::of(&b.verifying_key()).as_str()).is_some());
+    }
+
+    #[test]
+    fn the_released_file_gives_rollback_floors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_keypair(&generate().unwrap(), &dir.path().join("a"), false).unwrap();
+        fs::write(
+            dir.path().join(RELEASED_FILE),
+            "# last releases\n[released]\nnode = 4\n",
+        )
+        .unwrap();
+        let store = TrustStore::load(dir.path()).unwrap();
+        assert_eq!(store.released("node").map(|(v, _)| v), Some(4));
+        assert_eq!(store.released("other"), None);
+        fs::write(dir.path().join(RELEASED_FILE), "[released]\nnode = \"4\"\n").unwrap();
+        let e = TrustStore::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("released.toml:2:8"), "{e}");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 
 pub mod create;
 pub mod digest;
+pub mod disk_format;
 pub mod keys;
 pub mod manifest;
 pub mod signature;
 pub mod verify;
 
 pub use manifest::{Artifact, ArtifactRole, GuestFile, Manifest};
-pub use verify::{verify, VerifiedImage, VerifyError, VerifyOptions};
+pub use verify::{
+    verify, RollbackFloor, VerifiedArtifact, VerifiedImage, VerifyError, VerifyOptions,
+};

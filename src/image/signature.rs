@@ -86,14 +86,8 @@ pub fn sign_manifest(
     Ok(out)
 }
 
-/// Writes a file through a temporary sibling and a rename, so readers never see half of it.
+/// Writes a file through a temporary sibling, fsync and a rename (mode 0644), so readers
+/// never see half of it and a planted symbolic link is never followed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::fsutil::write_atomic(path, bytes, crate::fsutil::PUBLIC)
 }

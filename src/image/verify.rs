@@ -1,19 +1,26 @@
 //! Verification of a signed manifest and of the artifacts it names.
 //!
-//! Nothing here writes: the manifest, its signature and the artifacts are only opened for
-//! reading. Checks run in this order, and the first failure is the answer:
-//! read manifest and signature -> parse (schema, format rules) -> key trusted ->
-//! signature (strict Ed25519) -> expiry -> rollback -> each artifact (inside the folder,
-//! present, size, sha256).
+//! The manifest, its signature and the artifacts are only opened for reading. Checks run
+//! in this order, and the first failure is the answer: read manifest and signature ->
+//! parse (schema, format rules) -> key trusted -> signature (strict Ed25519) -> expiry ->
+//! rollback -> each artifact (inside the folder, present, size, sha256) -> the disk is
+//! the format the manifest states and references no other file.
+//!
+//! Each artifact is opened once and hashed through that descriptor. With a snapshot
+//! folder ([`VerifyOptions::snapshot`]) the bytes are copied there as they are hashed,
+//! and the verified paths are the copies: what boots later is exactly what was hashed,
+//! whatever happens to the original files meanwhile.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::Signature;
 
-use super::digest::{sha256_bytes, sha256_file};
+use super::digest::{copy_hashed, sha256_bytes, sha256_open};
+use super::disk_format::{self, DiskFormatError};
 use super::keys::{TrustStore, TrustedKey};
 use super::manifest::{
     relative_artifact_path, ArtifactRole, Manifest, ManifestError, MAX_MANIFEST_BYTES,
@@ -140,6 +147,22 @@ pub enum VerifyError {
         /// Digest of the file.
         actual: String,
     },
+    /// The disk is not the format the manifest states, or pulls in other files.
+    #[error("{path}: {source}")]
+    DiskFormat {
+        /// The disk image.
+        path: PathBuf,
+        /// What is wrong.
+        source: DiskFormatError,
+    },
+    /// The verified copy could not be written (disk full, unwritable folder).
+    #[error("{path}: cannot keep the verified copy: {source}")]
+    Snapshot {
+        /// The copy.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
 }
 
 impl VerifyError {
@@ -158,7 +181,9 @@ impl VerifyError {
             | VerifyError::Expired { .. }
             | VerifyError::Rollback { .. }
             | VerifyError::SizeMismatch { .. }
-            | VerifyError::DigestMismatch { .. } => exit::INTEGRITY,
+            | VerifyError::DigestMismatch { .. }
+            | VerifyError::DiskFormat { .. } => exit::INTEGRITY,
+            VerifyError::Snapshot { .. } => exit::ENVIRONMENT,
         }
     }
 }
@@ -170,10 +195,40 @@ pub struct VerifyOptions<'a> {
     pub trust: &'a TrustStore,
     /// Signature file; default: the manifest path with `.sig` appended.
     pub signature: Option<PathBuf>,
-    /// Refuse manifests whose version is below this.
+    /// Refuse manifests whose version is below this (beside the trust store's
+    /// released versions; the higher floor applies).
     pub min_version: Option<u64>,
     /// The instant expiry is judged at.
     pub now: SystemTime,
+    /// A private folder to copy each artifact into as it is hashed; the verified paths
+    /// are then the copies (see the module doc).
+    pub snapshot: Option<&'a Path>,
+    /// Verify this file as the manifest's disk artifact instead of the one it names.
+    pub disk: Option<&'a Path>,
+}
+
+impl<'a> VerifyOptions<'a> {
+    /// Options for `trust`, judged now: the default signature path, no extra floor, no
+    /// snapshot.
+    pub fn new(trust: &'a TrustStore) -> VerifyOptions<'a> {
+        VerifyOptions {
+            trust,
+            signature: None,
+            min_version: None,
+            now: SystemTime::now(),
+            snapshot: None,
+            disk: None,
+        }
+    }
+}
+
+/// The rollback floor a manifest was judged against, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackFloor {
+    /// The lowest version accepted.
+    pub version: u64,
+    /// `--min-version` or the trust store's released-versions file.
+    pub source: String,
 }
 
 /// A manifest that verified, with what was checked.
@@ -191,6 +246,8 @@ pub struct VerifiedImage {
     pub key: TrustedKey,
     /// Each artifact, resolved and hashed.
     pub artifacts: Vec<VerifiedArtifact>,
+    /// The rollback floor applied; `None` when none was given (rollback not judged).
+    pub rollback_floor: Option<RollbackFloor>,
 }
 
 impl VerifiedImage {
@@ -205,8 +262,12 @@ impl VerifiedImage {
 pub struct VerifiedArtifact {
     /// Its role.
     pub role: ArtifactRole,
-    /// Resolved absolute path.
+    /// The verified bytes: the snapshot copy when one was asked for, else the original.
     pub path: PathBuf,
+    /// The original file, resolved.
+    pub source: PathBuf,
+    /// The manifest's `format`.
+    pub format: String,
     /// Size in bytes.
     pub size: u64,
     /// SHA-256, lowercase hex.
@@ -254,20 +315,29 @@ pub fn verify(
             expires: manifest.expires.clone(),
         });
     }
-    if let Some(min_version) = opts.min_version {
-        if manifest.version < min_version {
+    let rollback_floor = rollback_floor(&manifest.name, opts);
+    if let Some(floor) = &rollback_floor {
+        if manifest.version < floor.version {
             return Err(VerifyError::Rollback {
                 path: manifest_path.to_owned(),
                 version: manifest.version,
-                min_version,
+                min_version: floor.version,
             });
         }
     }
 
+    let mut disk_override = opts.disk;
     let artifacts = manifest
         .artifacts
         .iter()
-        .map(|a| verify_artifact(manifest_path, a))
+        .enumerate()
+        .map(|(i, a)| {
+            let instead = match a.role {
+                ArtifactRole::Disk => disk_override.take(),
+                _ => None,
+            };
+            verify_artifact(manifest_path, a, i, instead, opts.snapshot)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(VerifiedImage {
         manifest_sha256: sha256_bytes(&bytes),
@@ -276,7 +346,24 @@ pub fn verify(
         signature_path,
         key: key.clone(),
         artifacts,
+        rollback_floor,
     })
+}
+
+/// The higher of `--min-version` and the trust store's last released version of `name`.
+fn rollback_floor(name: &str, opts: &VerifyOptions<'_>) -> Option<RollbackFloor> {
+    let flag = opts.min_version.map(|v| RollbackFloor {
+        version: v,
+        source: format!("--min-version {v}"),
+    });
+    let released = opts.trust.released(name).map(|(v, file)| RollbackFloor {
+        version: v,
+        source: format!("{} ({name} = {v})", file.display()),
+    });
+    match (flag, released) {
+        (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 fn read_manifest(path: &Path) -> Result<Vec<u8>, VerifyError> {
@@ -334,9 +421,47 @@ pub fn manifest_folder(manifest_path: &Path) -> PathBuf {
     }
 }
 
+/// Opens `path` for reading without following a final symbolic link, and checks through
+/// the descriptor that the file it reached is a regular file inside `base` (`None`: any
+/// place, for a disk named on the command line).
+fn open_inside(path: &Path, base: Option<&Path>) -> io::Result<Option<File>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if let Some(base) = base {
+        // What the descriptor really points at, whatever a path component became.
+        let real = fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ))?;
+        if !real.starts_with(base) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(file))
+}
+
+/// Positioned reads from the start of a file, whatever its descriptor's offset.
+struct ReadAt<'f>(&'f File, u64);
+
+impl io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
 fn verify_artifact(
     manifest_path: &Path,
     artifact: &super::manifest::Artifact,
+    index: usize,
+    instead: Option<&Path>,
+    snapshot: Option<&Path>,
 ) -> Result<VerifiedArtifact, VerifyError> {
     let folder = manifest_folder(manifest_path);
     let escapes = || VerifyError::ArtifactEscapes {
@@ -345,9 +470,12 @@ fn verify_artifact(
         folder: folder.clone(),
     };
     let relative = relative_artifact_path(&artifact.path).map_err(|_| escapes())?;
-    let joined = match manifest_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.join(&relative),
-        _ => relative,
+    let joined = match instead {
+        Some(p) => p.to_owned(),
+        None => match manifest_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.join(&relative),
+            _ => relative,
+        },
     };
     let base = folder.canonicalize().map_err(|source| VerifyError::Read {
         path: folder.clone(),
@@ -368,14 +496,18 @@ fn verify_artifact(
             })
         }
     };
-    if !resolved.starts_with(&base) {
+    let inside = instead.is_none().then_some(base.as_path());
+    if inside.is_some_and(|b| !resolved.starts_with(b)) {
         return Err(escapes());
     }
     let read_err = |source| VerifyError::Read {
         path: joined.clone(),
         source,
     };
-    let size = fs::metadata(&resolved).map_err(read_err)?.len();
+    let file = open_inside(&resolved, inside)
+        .map_err(read_err)?
+        .ok_or_else(escapes)?;
+    let size = file.metadata().map_err(read_err)?.len();
     if size != artifact.size {
         return Err(VerifyError::SizeMismatch {
             path: joined,
@@ -384,25 +516,80 @@ fn verify_artifact(
         });
     }
     let start = Instant::now();
-    let digest = sha256_file(&resolved).map_err(read_err)?;
+    let (path, digest) = match snapshot {
+        Some(dir) => {
+            let name = resolved.file_name().unwrap_or_default();
+            let sub = dir.join(index.to_string());
+            let copy = sub.join(name);
+            let snap_err = |source| VerifyError::Snapshot {
+                path: copy.clone(),
+                source,
+            };
+            fs::create_dir_all(&sub).map_err(snap_err)?;
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&copy)
+                .map_err(snap_err)?;
+            // A read error is the original's; a write error the copy's.
+            let digest = copy_hashed(ReadAt(&file, 0), &mut dst).map_err(|e| {
+                let _ = fs::remove_file(&copy);
+                match e.kind() {
+                    io::ErrorKind::StorageFull | io::ErrorKind::PermissionDenied => {
+                        VerifyError::Snapshot {
+                            path: copy.clone(),
+                            source: e,
+                        }
+                    }
+                    _ => read_err(e),
+                }
+            })?;
+            (copy, digest)
+        }
+        None => (resolved.clone(), sha256_open(&file).map_err(read_err)?),
+    };
     let hash_time = start.elapsed();
+    let refuse = |e: VerifyError| {
+        if snapshot.is_some() {
+            let _ = fs::remove_file(&path);
+        }
+        e
+    };
     if digest.size != artifact.size {
-        return Err(VerifyError::SizeMismatch {
+        return Err(refuse(VerifyError::SizeMismatch {
             path: joined,
             expected: artifact.size,
             actual: digest.size,
-        });
+        }));
     }
     if digest.sha256 != artifact.sha256 {
-        return Err(VerifyError::DigestMismatch {
+        return Err(refuse(VerifyError::DigestMismatch {
             path: joined,
             expected: artifact.sha256.clone(),
             actual: digest.sha256,
-        });
+        }));
+    }
+    if artifact.role == ArtifactRole::Disk {
+        // Judged on the verified bytes: the copy, or the descriptor that was hashed.
+        let head = match snapshot {
+            Some(_) => File::open(&path).and_then(disk_format::read_head),
+            None => disk_format::read_head(ReadAt(&file, 0)),
+        }
+        .map_err(read_err)?;
+        disk_format::inspect(&head, Some(&artifact.format)).map_err(|source| {
+            refuse(VerifyError::DiskFormat {
+                path: joined.clone(),
+                source,
+            })
+        })?;
     }
     Ok(VerifiedArtifact {
         role: artifact.role,
-        path: resolved,
+        path,
+        source: resolved,
+        format: artifact.format.clone(),
         size: digest.size,
         sha256: digest.sha256,
         hash_time,

@@ -89,21 +89,87 @@ fn case(c: &CheckReport) -> TestCase {
     t
 }
 
-/// The JUnit report: one testsuite per suite, the run's properties on each.
+/// The suite holding the run's own testcase ([`RUN_CASE`]); check suites may not take
+/// this name.
+pub use crate::suite::RUN_SUITE;
+/// The testcase that says whether the run itself finished: an `<error>` for a run that
+/// stopped early (whatever the stop), was killed, or is still going, so a reader of the
+/// JUnit alone never takes a run that did not finish for a clean one.
+pub const RUN_CASE: &str = "run";
+
+/// The run's own testcase: success when every selected check ran to a verdict.
+fn run_case(r: &RunReport) -> TestCase {
+    let phases: String = r
+        .phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}: {}{}\n",
+                p.name,
+                p.detail,
+                p.duration_secs
+                    .map_or("unfinished".into(), |d| format!("{d:.1}s")),
+                p.error
+                    .as_ref()
+                    .map(|e| format!(" (failed: {e})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let error = |ty: &str, message: String| TestCaseStatus::NonSuccess {
+        kind: NonSuccessKind::Error,
+        message: Some(message.clone().into()),
+        ty: Some(ty.to_string().into()),
+        description: Some(message.into()),
+        reruns: NonSuccessReruns::default(),
+    };
+    let status = match (&r.stop, r.finished.as_ref()) {
+        (Some(stop), _) => error(
+            &stop.kind,
+            format!(
+                "the run stopped in {}: {} ({}); checks it did not run are listed as skipped",
+                stop.phase, stop.kind, stop.reason
+            ),
+        ),
+        (None, None) => error(
+            "unfinished",
+            "the run has not finished (still running, or killed before it could say why)".into(),
+        ),
+        (None, Some(_)) => TestCaseStatus::success(),
+    };
+    let mut t = TestCase::new(RUN_CASE, status);
+    t.set_classname(RUN_SUITE)
+        .set_time(secs(r.duration_secs))
+        .set_system_out(phases);
+    t.add_property(Property::new(
+        "description",
+        "The run itself: verified, booted and joined what its checks needed, and ran every selected check to a verdict.",
+    ));
+    t
+}
+
+/// The JUnit report: the run's own testsuite ([`RUN_SUITE`]), then one testsuite per
+/// check suite, the run's properties on each.
 pub fn to_junit(r: &RunReport) -> Report {
     let mut report = Report::new("nodegate");
     report.set_time(secs(r.duration_secs));
-    let mut suites: Vec<TestSuite> = Vec::new();
+    let new_suite = |name: &str| {
+        let mut s = TestSuite::new(name.to_string());
+        for (k, v) in &r.properties {
+            s.add_property(Property::new(k.clone(), v.clone()));
+        }
+        s.add_property(Property::new("nodegate.verdict", r.verdict.clone()));
+        s
+    };
+    let mut own = new_suite(RUN_SUITE);
+    own.add_test_case(run_case(r));
+    own.set_time(secs(r.duration_secs));
+    let mut suites: Vec<TestSuite> = vec![own];
     for c in &r.checks {
         let i = match suites.iter().position(|s| s.name.as_str() == c.suite) {
             Some(i) => i,
             None => {
-                let mut s = TestSuite::new(c.suite.clone());
-                for (k, v) in &r.properties {
-                    s.add_property(Property::new(k.clone(), v.clone()));
-                }
-                s.add_property(Property::new("nodegate.verdict", r.verdict.clone()));
-                suites.push(s);
+                suites.push(new_suite(&c.suite));
                 suites.len() - 1
             }
         };
@@ -112,14 +178,6 @@ pub fn to_junit(r: &RunReport) -> Report {
         s.set_time(s.time.unwrap_or_default() + secs(c.duration_secs));
     }
     if let Some(stop) = &r.stop {
-        // A run stopped before any check still tells the dashboard why.
-        if suites.is_empty() {
-            let mut s = TestSuite::new("nodegate");
-            for (k, v) in &r.properties {
-                s.add_property(Property::new(k.clone(), v.clone()));
-            }
-            suites.push(s);
-        }
         let text = format!(
             "stopped in {}: {} ({})\n",
             stop.phase, stop.kind, stop.reason
@@ -130,6 +188,31 @@ pub fn to_junit(r: &RunReport) -> Report {
     }
     report.add_test_suites(suites);
     report
+}
+
+/// Marks the run testcase of a JUnit report as killed (an `<error>`), unless the run had
+/// finished. Returns whether the report changed.
+pub fn mark_killed(report: &mut Report, reason: &str) -> bool {
+    let mut changed = false;
+    for s in &mut report.test_suites {
+        if s.name.as_str() != RUN_SUITE {
+            continue;
+        }
+        for c in &mut s.test_cases {
+            let unfinished = matches!(&c.status, TestCaseStatus::NonSuccess { ty: Some(t), .. } if t.as_str() == "unfinished");
+            if c.name.as_str() == RUN_CASE && unfinished {
+                c.status = TestCaseStatus::NonSuccess {
+                    kind: NonSuccessKind::Error,
+                    message: Some(reason.to_string().into()),
+                    ty: Some("killed".into()),
+                    description: Some(reason.to_string().into()),
+                    reruns: NonSuccessReruns::default(),
+                };
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// Why JUnit files could not be merged.
@@ -186,8 +269,20 @@ pub fn merge(paths: &[PathBuf]) -> Result<Report, MergeError> {
                 None => suites.push(s),
                 Some(into) => {
                     for c in s.test_cases {
-                        if into.test_cases.iter().any(|x| x.name == c.name) {
-                            return Err(dup(p, &s.name, &c.name));
+                        if let Some(at) = into.test_cases.iter().position(|x| x.name == c.name) {
+                            // Every shard has the run testcase: the merged run finished
+                            // only if each did, so the first that did not wins.
+                            let is_run =
+                                s.name.as_str() == RUN_SUITE && c.name.as_str() == RUN_CASE;
+                            if !is_run {
+                                return Err(dup(p, &s.name, &c.name));
+                            }
+                            let ok =
+                                |t: &TestCase| matches!(t.status, TestCaseStatus::Success { .. });
+                            if ok(&into.test_cases[at]) && !ok(&c) {
+                                into.test_cases[at] = c;
+                            }
+                            continue;
                         }
                         into.add_test_case(c);
                     }
@@ -202,8 +297,21 @@ pub fn merge(paths: &[PathBuf]) -> Result<Report, MergeError> {
         }
     }
     out.set_time(total);
+    for s in &mut suites {
+        recount(s);
+    }
     out.add_test_suites(suites);
     Ok(out)
+}
+
+/// Recomputes a suite's counts from its testcases (after one was replaced).
+fn recount(s: &mut TestSuite) {
+    let cases = std::mem::take(&mut s.test_cases);
+    s.tests = 0;
+    s.failures = 0;
+    s.errors = 0;
+    s.skipped = 0;
+    s.add_test_cases(cases);
 }
 
 fn dup(p: &Path, suite: &quick_junit::XmlString, case: &quick_junit::XmlString) -> MergeError {

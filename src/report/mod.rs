@@ -95,6 +95,49 @@ impl ReportWriter {
     }
 }
 
+/// Marks the reports of a run that was killed (a JSON report still `running`, a JUnit
+/// report whose run testcase is unfinished) as killed, saying `reason`. Returns the files
+/// changed; reports that are unreadable or already finished are left as they are.
+pub fn mark_killed(json: Option<&Path>, junit: Option<&Path>, reason: &str) -> Vec<PathBuf> {
+    let mut changed = Vec::new();
+    if let Some(p) = json {
+        let report: Option<RunReport> = std::fs::read(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(mut r) = report.filter(|r| r.verdict == "running") {
+            r.verdict = "killed".into();
+            let phase = r
+                .phases
+                .last()
+                .map_or("unknown".to_string(), |p| p.name.clone());
+            r.stop = Some(model::StopReport {
+                kind: "killed".into(),
+                phase,
+                reason: reason.into(),
+            });
+            let text = serde_json::to_string_pretty(&r).unwrap_or_default() + "\n";
+            if write(p, text.as_bytes()).is_ok() {
+                changed.push(p.to_owned());
+            }
+        }
+    }
+    if let Some(p) = junit {
+        let parsed = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| quick_junit::Report::deserialize_from_str(&t).ok());
+        if let Some(mut r) = parsed {
+            if junit::mark_killed(&mut r, reason) {
+                if let Ok(x) = r.to_string() {
+                    if write(p, x.as_bytes()).is_ok() {
+                        changed.push(p.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    changed
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, then rename), creating the folder.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     let err = |e: std::io::Error| WriteError {

@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent_endpoint::{AgentEndpoint, EndpointConfig};
-use crate::cluster::{self, BootstrapToken, ControlPlane, JoinConfig, JoinMethod, JoinedNode};
+use crate::cluster::{
+    self, BootstrapToken, ControlPlane, ControlPlaneConfig, JoinConfig, JoinMethod, JoinedNode,
+    ProviderKind,
+};
 use crate::exit;
 use crate::interrupt;
 use crate::profile::JoinMethodName;
+use crate::rundir::{RemoteObject, RunDir};
 use crate::runner::{Environment, Event, Phase, Stop, StopKind};
 use crate::ssh::SshSession;
 use crate::suite::context::shell_quote;
 use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verification};
-use crate::vm::{Boot, GuestForward, Vm, VmConfig};
+use crate::vm::disk::{self, DiskError};
+use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 
 use super::{artifacts, RunConfig};
 
@@ -31,12 +36,17 @@ pub struct Machine {
 /// The run's VMs and control plane.
 pub struct NodeEnvironment<'c> {
     config: &'c RunConfig,
+    rundir: &'c mut RunDir,
     /// The pre-boot verification.
     pub verification: Verification,
     /// The upgrade bundle's verification, if one was given.
     pub bundle: Option<Verification>,
     disk: PathBuf,
-    boot: Option<Boot>,
+    disk_format: Option<String>,
+    /// How the VMs boot, or why they cannot (an image fault found before any boot).
+    boot: Result<Boot, String>,
+    /// The disk's check before the first boot, once done.
+    disk_checked: Option<Result<(), Stop>>,
     will_join: bool,
     cp: Option<ControlPlane>,
     cp_failed: Option<Stop>,
@@ -63,6 +73,24 @@ fn classify(code: i32) -> StopKind {
     }
 }
 
+/// Whose fault a boot failure is: the image's (nothing bootable, a panic, an emergency
+/// shell), the integrity gate's (a disk that references other files), or the host's.
+fn classify_vm(e: &VmError) -> StopKind {
+    match e.exit_code() {
+        exit::INTERRUPTED => StopKind::Interrupted,
+        exit::CHECKS_FAILED => StopKind::Image,
+        exit::INTEGRITY => StopKind::Integrity,
+        _ if matches!(
+            e,
+            VmError::Disk(DiskError::NotADisk { .. } | DiskError::Format { .. })
+        ) =>
+        {
+            StopKind::Image
+        }
+        _ => StopKind::Infrastructure,
+    }
+}
+
 /// Times `f` as `phase`, emitting start and finish.
 fn phase<T>(
     emit: &mut dyn FnMut(Event),
@@ -82,23 +110,27 @@ fn phase<T>(
 }
 
 impl<'c> NodeEnvironment<'c> {
-    /// An environment for `config`; `will_join` starts the control plane before the
-    /// first boot (the VM needs its forward from the start).
+    /// An environment for `config` whose private files go to `rundir`; `will_join`
+    /// starts the control plane before the first boot (the VM needs its forward from
+    /// the start).
     pub fn new(
         config: &'c RunConfig,
+        rundir: &'c mut RunDir,
         verification: Verification,
-        disk: PathBuf,
-        boot: Option<Boot>,
+        disk: super::BootDisk,
         will_join: bool,
     ) -> NodeEnvironment<'c> {
         let mut raw = [0u8; 3];
         let _ = getrandom::fill(&mut raw);
         NodeEnvironment {
             config,
+            rundir,
             verification,
             bundle: None,
-            disk,
-            boot,
+            disk: disk.path,
+            disk_format: disk.format,
+            boot: disk.boot,
+            disk_checked: None,
             will_join,
             cp: None,
             cp_failed: None,
@@ -117,7 +149,13 @@ impl<'c> NodeEnvironment<'c> {
         if let Some(s) = &self.cp_failed {
             return Err(s.clone());
         }
-        let cfg = self.config.control_plane.clone();
+        let mut cfg = self.config.control_plane.clone();
+        if let ControlPlaneConfig::Local(l) = &mut cfg {
+            // PKI and etcd data in the run's folder: reaped if nodegate is killed.
+            l.state_dir
+                .get_or_insert_with(|| self.rundir.path().join("control-plane"));
+        }
+        let reason = self.config.control_plane_reason.clone();
         let r = phase(emit, Phase::ControlPlane, cfg.kind().to_string(), |emit| {
             let cp = cfg
                 .start()
@@ -126,6 +164,12 @@ impl<'c> NodeEnvironment<'c> {
                 name: "control_plane".into(),
                 value: cp.provider.to_string(),
             });
+            if let Some(why) = reason {
+                emit(Event::Property {
+                    name: "control_plane.reason".into(),
+                    value: why,
+                });
+            }
             if let Some(v) = cp
                 .kubectl
                 .json(&["version"])
@@ -160,13 +204,12 @@ impl<'c> NodeEnvironment<'c> {
                 format!("image refused at verification, nothing booted: {e}"),
             ));
         }
-        let boot = self.boot.clone().ok_or_else(|| {
-            stop(
-                StopKind::Infrastructure,
-                Phase::Boot,
-                "no boot method: the manifest has no kernel and no disk".into(),
-            )
-        })?;
+        let boot = self
+            .boot
+            .clone()
+            .map_err(|why| stop(StopKind::Image, Phase::Boot, why))?;
+        // An image with nothing to boot is found before a control plane starts.
+        self.check_disk()?;
         if self.will_join {
             self.control_plane(emit)?;
         }
@@ -174,20 +217,21 @@ impl<'c> NodeEnvironment<'c> {
         let name = format!("nodegate-{}-{}", self.run_id, self.machines);
         let p = &self.config.profile;
         let temp = tempfile::Builder::new()
-            .prefix("nodegate-run.")
-            .tempdir()
+            .prefix("vm-")
+            .tempdir_in(self.rundir.path())
             .map_err(|e| {
                 stop(
                     StopKind::Infrastructure,
                     Phase::Boot,
-                    format!("temporary folder: {e}"),
+                    format!("{}: {e}", self.rundir.path().display()),
                 )
             })?;
         let mut vc = VmConfig::new(&name, self.disk.clone(), boot, temp.path().to_owned());
+        vc.image_format = self.disk_format.clone();
         vc.accel = self.config.accel;
         vc.vcpus = p.vm.vcpus;
         vc.memory_mib = p.vm.memory_mib;
-        vc.ssh_user = p.ssh.user.clone();
+        vc.ssh_user = p.ssh.user.to_string();
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
         if let Some(cp) = &self.cp {
@@ -196,23 +240,22 @@ impl<'c> NodeEnvironment<'c> {
         let a = &p.agent;
         let endpoint = AgentEndpoint::start(
             EndpointConfig {
-                register_path: a.register_path.clone(),
-                heartbeat_path: a.heartbeat_path.clone(),
-                token: a.token.clone(),
-                identity_field: a.identity_field.clone(),
+                register_path: a.register_path.to_string(),
+                heartbeat_path: a.heartbeat_path.to_string(),
+                token: a.token.to_string(),
+                identity_field: a.identity_field.to_string(),
             },
             0,
         )
         .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
         vc.forwards.push(GuestForward {
-            guest_addr: a.guest_addr.clone(),
+            guest_addr: a.guest_addr.0,
             guest_port: a.guest_port,
             host_port: endpoint.port(),
         });
         let detail = format!("{} ({} boot)", name, vc.boot.kind());
         let (vm, ssh) = phase(emit, Phase::Boot, detail, |emit| {
-            let fail =
-                |e: crate::vm::VmError| stop(classify(e.exit_code()), Phase::Boot, e.to_string());
+            let fail = |e: VmError| stop(classify_vm(&e), Phase::Boot, e.to_string());
             let mut vm = Vm::start(vc, Some(temp)).map_err(fail)?;
             emit(Event::Property {
                 name: "accel".into(),
@@ -259,19 +302,32 @@ impl<'c> NodeEnvironment<'c> {
         self.control_plane(emit)?;
         let cp = self.cp.as_ref().expect("started");
         let p = &self.config.profile;
+        let path = p
+            .join
+            .path
+            .as_ref()
+            .map(|g| g.to_string())
+            .unwrap_or_default();
         let method = match p.join.method {
             JoinMethodName::Kubeadm => JoinMethod::Kubeadm {
-                ignore_preflight_errors: p.join.ignore_preflight_errors.clone(),
+                ignore_preflight_errors: p
+                    .join
+                    .ignore_preflight_errors
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect(),
             },
-            JoinMethodName::BootstrapKubeconfig => JoinMethod::BootstrapKubeconfig {
-                path: p.join.path.clone().unwrap_or_default(),
-            },
-            JoinMethodName::Script => JoinMethod::Script {
-                path: p.join.path.clone().unwrap_or_default(),
-            },
+            JoinMethodName::BootstrapKubeconfig => JoinMethod::BootstrapKubeconfig { path },
+            JoinMethodName::Script => JoinMethod::Script { path },
         };
         let mut jc = JoinConfig::new(&m.name, method);
         jc.budget = p.budgets.join;
+        jc.kubeadm_version = self.verification.manifest().and_then(|mf| {
+            mf.components
+                .get("kubeadm")
+                .or_else(|| mf.components.get("kubelet"))
+                .cloned()
+        });
         let detail = format!(
             "{} by {} to the {} control plane",
             m.name,
@@ -279,11 +335,33 @@ impl<'c> NodeEnvironment<'c> {
             cp.provider
         );
         let artifacts_dir = self.config.artifacts.clone();
+        let rundir = &mut *self.rundir;
         let r = phase(emit, Phase::Join, detail, |emit| {
             let fail = |e: cluster::ClusterError| {
                 stop(classify(e.exit_code()), Phase::Join, e.to_string())
             };
-            let token = cp.create_token(Duration::from_secs(3600)).map_err(fail)?;
+            // Valid only as long as the join may take: a token left by a killed run
+            // expires soon, and the cluster's token cleaner removes it.
+            let token = cp
+                .create_token(jc.budget + Duration::from_secs(600))
+                .map_err(fail)?;
+            let remote = cp.provider == ProviderKind::Kubeconfig;
+            if remote {
+                rundir.note_remote(RemoteObject {
+                    kubectl: cp.kubectl.bin.clone(),
+                    kubeconfig: cp.kubectl.kubeconfig.clone(),
+                    kind: "secret".into(),
+                    namespace: Some("kube-system".into()),
+                    name: token.token().secret_name(),
+                });
+                rundir.note_remote(RemoteObject {
+                    kubectl: cp.kubectl.bin.clone(),
+                    kubeconfig: cp.kubectl.kubeconfig.clone(),
+                    kind: "node".into(),
+                    namespace: None,
+                    name: m.name.clone(),
+                });
+            }
             match cluster::join(cp, &token, &mut m.ssh, &jc) {
                 Ok(node) => {
                     emit(Event::Property {
@@ -341,12 +419,41 @@ impl<'c> NodeEnvironment<'c> {
         Ok(())
     }
 
+    /// Inspects the disk once, before the first boot: the format the manifest states,
+    /// no references to other files, something a machine could boot.
+    fn check_disk(&mut self) -> Result<(), Stop> {
+        if let Some(r) = &self.disk_checked {
+            return r.clone();
+        }
+        let r = disk::inspect(&self.disk, self.disk_format.as_deref())
+            .and_then(|info| disk::check_bootable(&self.disk, &info, self.rundir.path()))
+            .map(|_| ())
+            .map_err(|e| {
+                let e = VmError::Disk(e);
+                stop(classify_vm(&e), Phase::Boot, e.to_string())
+            });
+        self.disk_checked = Some(r.clone());
+        r
+    }
+
     fn release(&mut self, m: Machine, emit: &mut dyn FnMut(Event)) {
         artifacts::keep_console(&m.vm, &self.config.artifacts, &m.name, emit);
+        let remote = self
+            .cp
+            .as_ref()
+            .is_some_and(|cp| cp.provider == ProviderKind::Kubeconfig);
+        let token = m.joined.as_ref().map(|(_, t)| t.token().secret_name());
+        let name = m.name.clone();
         let _ = phase(emit, Phase::Teardown, m.name.clone(), |_| {
             drop(m);
             Ok(())
         });
+        if remote {
+            self.rundir.forget_remote("node", &name);
+            if let Some(t) = token {
+                self.rundir.forget_remote("secret", &t);
+            }
+        }
     }
 
     /// Tears down every machine and then the control plane.
@@ -443,6 +550,8 @@ impl Environment for NodeEnvironment<'_> {
             profile: &self.config.profile,
             verification: &self.verification,
             disk: &self.disk,
+            disk_format: self.disk_format.as_deref(),
+            scratch: self.rundir.path(),
             bundle: self.bundle.as_ref(),
             guest,
             member,

@@ -7,7 +7,7 @@ pub mod environment;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crate::cluster::ControlPlaneConfig;
 use crate::config_file::ConfigError;
@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub profile_path: PathBuf,
     /// The control plane to join.
     pub control_plane: ControlPlaneConfig,
+    /// Why it was chosen, when `auto` chose it (recorded in the report).
+    pub control_plane_reason: Option<String>,
     /// Accelerator.
     pub accel: AccelChoice,
     /// Artifacts folder.
@@ -75,6 +77,9 @@ pub enum RunError {
     /// A report file could not be written.
     #[error(transparent)]
     Report(#[from] crate::report::WriteError),
+    /// The run's private folder or the verified copies could not be made.
+    #[error("{0}")]
+    Environment(String),
 }
 
 impl RunError {
@@ -82,9 +87,29 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Usage(_) => exit::USAGE,
-            RunError::Report(_) => exit::ENVIRONMENT,
+            RunError::Report(_) | RunError::Environment(_) => exit::ENVIRONMENT,
             _ => exit::BAD_INPUT,
         }
+    }
+}
+
+/// The disk the VMs boot, its stated format, and how they boot it.
+#[derive(Debug, Clone)]
+pub struct BootDisk {
+    /// The verified copy (or, unsigned, the file given).
+    pub path: PathBuf,
+    /// The format the manifest states; `None` without a manifest (read from the bytes).
+    pub format: Option<String>,
+    /// How it boots, or the image fault that keeps it from booting.
+    pub boot: Result<Boot, String>,
+}
+
+/// Whether a check of `def` reads the image's bytes (boots it, or reads its disk):
+/// then the run verifies into private copies first.
+fn reads_image(def: &suite::CheckDef) -> bool {
+    match &def.builtin {
+        Some(b) => b == "image-files-absent" || suite::builtin::need(b).0 != Need::Manifest,
+        None => true,
     }
 }
 
@@ -112,44 +137,35 @@ pub fn list(selected: &[SuiteDef]) -> Vec<String> {
         .collect()
 }
 
-/// Does the verification; `Err` only when the manifest file itself cannot be used.
-fn verify(config: &RunConfig) -> Result<Verification, RunError> {
+/// Does the verification (into `snapshot` when given); `Err` only when the manifest file
+/// itself cannot be used.
+fn verify(config: &RunConfig, snapshot: Option<&Path>) -> Result<Verification, RunError> {
     let Some(manifest) = &config.manifest else {
         return Ok(Verification::Unsigned(None));
     };
-    let v = verify_file(
+    verify_file(
         config,
         manifest,
         config.signature.clone(),
         config.min_version,
-    )?;
-    match (v, &config.image) {
-        (Verification::Verified(mut v), Some(img)) => {
-            if let Err(e) = same_disk(img, &v) {
-                return Ok(Verification::Refused(e));
-            }
-            if let Some(a) = v
-                .artifacts
-                .iter_mut()
-                .find(|a| a.role == ArtifactRole::Disk)
-            {
-                a.path = img.clone();
-            }
-            Ok(Verification::Verified(v))
-        }
-        (v, _) => Ok(v),
-    }
+        config.image.as_deref(),
+        snapshot,
+    )
 }
 
-/// Verifies one manifest (image or bundle) with the run's trust store.
+/// Verifies one manifest (image or bundle) with the run's trust store; `disk`: verify
+/// this file as its disk (`--image`); `snapshot`: copy the artifacts there as they are
+/// hashed.
 fn verify_file(
     config: &RunConfig,
     manifest: &Path,
     signature: Option<PathBuf>,
     min_version: Option<u64>,
+    disk: Option<&Path>,
+    snapshot: Option<&Path>,
 ) -> Result<Verification, RunError> {
     let unreadable = |e: VerifyError| RunError::Manifest(e);
-    if config.allow_unsigned && config.trust.is_none() {
+    if config.allow_unsigned {
         let bytes = std::fs::read(manifest).map_err(|source| {
             unreadable(VerifyError::Read {
                 path: manifest.to_owned(),
@@ -168,12 +184,11 @@ fn verify_file(
         RunError::Usage("--trust is required to verify the manifest (or --allow-unsigned)".into())
     })?;
     let trust = TrustStore::load(trust_path)?;
-    let opts = VerifyOptions {
-        trust: &trust,
-        signature,
-        min_version,
-        now: SystemTime::now(),
-    };
+    let mut opts = VerifyOptions::new(&trust);
+    opts.signature = signature;
+    opts.min_version = min_version;
+    opts.snapshot = snapshot;
+    opts.disk = disk;
     match image::verify(manifest, &opts) {
         Ok(v) => Ok(Verification::Verified(Box::new(v))),
         Err(
@@ -184,31 +199,9 @@ fn verify_file(
         Err(VerifyError::Read { path, source }) if path == manifest => {
             Err(unreadable(VerifyError::Read { path, source }))
         }
+        Err(e @ VerifyError::Snapshot { .. }) => Err(RunError::Environment(e.to_string())),
         Err(e) => Ok(Verification::Refused(e)),
     }
-}
-
-/// `--image` given beside a manifest must be the manifest's disk, byte for byte.
-fn same_disk(img: &Path, v: &image::VerifiedImage) -> Result<(), VerifyError> {
-    let Some(disk) = v.artifact(ArtifactRole::Disk) else {
-        return Ok(());
-    };
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    if canon(img).is_some() && canon(img) == canon(&disk.path) {
-        return Ok(());
-    }
-    let d = image::digest::sha256_file(img).map_err(|source| VerifyError::Read {
-        path: img.to_owned(),
-        source,
-    })?;
-    if d.sha256 != disk.sha256 {
-        return Err(VerifyError::DigestMismatch {
-            path: img.to_owned(),
-            expected: disk.sha256.clone(),
-            actual: d.sha256,
-        });
-    }
-    Ok(())
 }
 
 /// The manifest for variables: the verified one, else the file as it is (a refused image
@@ -220,16 +213,33 @@ fn manifest_for_vars(config: &RunConfig, v: &Verification) -> Option<Manifest> {
     })
 }
 
-/// Where the disk is and how it boots.
-fn disk_and_boot(
-    config: &RunConfig,
-    v: &Verification,
-    m: Option<&Manifest>,
-) -> (PathBuf, Option<Boot>) {
+/// The longest kernel command line x86 Linux takes (`COMMAND_LINE_SIZE`).
+const MAX_CMDLINE: usize = 2048;
+
+/// Reads a kernel command line artifact: one line of printable text within
+/// [`MAX_CMDLINE`] bytes (it becomes one QEMU argument, never spliced).
+fn read_cmdline(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{}: the kernel command line is not UTF-8", path.display()))?;
+    let line = text.trim();
+    if line.len() > MAX_CMDLINE || line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "{}: the kernel command line must be one printable line of at most {MAX_CMDLINE} bytes",
+            path.display()
+        ));
+    }
+    Ok(line.to_string())
+}
+
+/// Where the disk is, its format and how it boots. Verified artifacts are read from
+/// their verified copies.
+fn disk_and_boot(config: &RunConfig, v: &Verification, m: Option<&Manifest>) -> BootDisk {
     let folder = config
         .manifest
         .as_deref()
         .map(image::verify::manifest_folder);
+    let verified = matches!(v, Verification::Verified(_));
     let path_of = |role: ArtifactRole| -> Option<PathBuf> {
         if let Verification::Verified(v) = v {
             return v.artifact(role).map(|a| a.path.clone());
@@ -237,27 +247,37 @@ fn disk_and_boot(
         let a = m?.artifact(role)?;
         Some(folder.as_ref()?.join(&a.path))
     };
-    let disk = config
-        .image
-        .clone()
-        .or_else(|| path_of(ArtifactRole::Disk))
-        .unwrap_or_default();
+    let path = match &config.image {
+        Some(img) if !verified => Some(img.clone()),
+        _ => path_of(ArtifactRole::Disk),
+    }
+    .unwrap_or_default();
+    // The format the manifest states, for its own disk (or --image verified as it).
+    let format = m
+        .and_then(|m| m.artifact(ArtifactRole::Disk))
+        .filter(|_| verified || config.image.is_none())
+        .map(|a| a.format.clone());
     let boot = match path_of(ArtifactRole::Kernel) {
-        Some(kernel) => Some(Boot::Kernel {
-            kernel,
-            initrd: path_of(ArtifactRole::Initrd),
-            cmdline: path_of(ArtifactRole::Cmdline)
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|| "console=ttyS0 root=/dev/vda rw".into()),
-        }),
-        None if disk.as_os_str().is_empty() => None,
-        None => Some(match config.profile.vm.firmware {
+        Some(kernel) => {
+            let cmdline = match path_of(ArtifactRole::Cmdline) {
+                Some(p) => read_cmdline(&p),
+                None => Ok("console=ttyS0 root=/dev/vda rw".into()),
+            };
+            cmdline.map(|cmdline| Boot::Kernel {
+                kernel,
+                initrd: path_of(ArtifactRole::Initrd),
+                cmdline,
+            })
+        }
+        None if path.as_os_str().is_empty() => {
+            Err("no boot method: the manifest has no kernel and no disk".into())
+        }
+        None => Ok(match config.profile.vm.firmware {
             Firmware::Uefi => Boot::debian_uefi(),
             Firmware::Bios => Boot::Bios,
         }),
     };
-    (disk, boot)
+    BootDisk { path, format, boot }
 }
 
 fn properties(
@@ -313,9 +333,39 @@ pub fn execute(
     terminal: &mut Terminal,
 ) -> Result<i32, RunError> {
     let started = Instant::now();
-    let verification = verify(config)?;
+    // A killed run's folder, keys and report are cleaned up by the next run.
+    for stale in crate::rundir::reap(&crate::rundir::root()) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "nodegate: notice: {}",
+            crate::rundir::describe(&stale)
+        );
+    }
+    let mut rundir = crate::rundir::RunDir::create(
+        "run",
+        config.reports.json.as_deref(),
+        config.reports.junit.as_deref(),
+    )
+    .map_err(|e| {
+        RunError::Environment(format!(
+            "{}: cannot make the run's folder: {e}",
+            crate::rundir::root().display()
+        ))
+    })?;
+    // Checks that boot or read the image get private copies of exactly the bytes that
+    // were verified; pre-boot checks alone need none.
+    let copies = select(defs.clone(), selection)
+        .iter()
+        .flat_map(|s| s.checks.iter())
+        .any(reads_image);
+    let snapshot = copies.then(|| rundir.path().join("verified"));
+    let verification = verify(config, snapshot.as_deref())?;
     let bundle = match &config.upgrade_bundle {
-        Some(b) => Some(verify_file(config, b, None, None)?),
+        Some(b) => {
+            let snap = copies.then(|| rundir.path().join("bundle"));
+            Some(verify_file(config, b, None, None, None, snap.as_deref())?)
+        }
         None => None,
     };
     let verify_time = started.elapsed();
@@ -330,8 +380,8 @@ pub fn execute(
     // (a component this manifest does not list) does not block the others.
     let defs = select(defs, selection);
     let checks = runner::order(suite::plan(&defs, &vars)?);
-    let (disk, boot) = disk_and_boot(config, &verification, manifest.as_ref());
-    if matches!(verification, Verification::Unsigned(_)) && disk.as_os_str().is_empty() {
+    let disk = disk_and_boot(config, &verification, manifest.as_ref());
+    if matches!(verification, Verification::Unsigned(_)) && disk.path.as_os_str().is_empty() {
         return Err(RunError::Usage(
             "--image is required without a manifest".into(),
         ));
@@ -370,7 +420,7 @@ pub fn execute(
     let will_join = checks
         .iter()
         .any(|c| c.need == Need::Node && matches!(selection.verdict(c), Verdict::Run));
-    let mut env = NodeEnvironment::new(config, verification, disk, boot, will_join);
+    let mut env = NodeEnvironment::new(config, &mut rundir, verification, disk, will_join);
     env.bundle = bundle;
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
     if let Verification::Refused(e) = &env.verification {

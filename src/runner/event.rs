@@ -123,6 +123,10 @@ pub enum StopKind {
     /// the join fail with the reason; the run ends as failed, not as an infrastructure
     /// error.
     Node,
+    /// The image did not boot: a disk with nothing to boot, a kernel panic or an
+    /// emergency shell on the console. The checks that judge the boot fail with the
+    /// reason (quoting the console line); the run ends as failed.
+    Image,
     /// SIGINT or SIGTERM.
     Interrupted,
     /// `--fail-fast` after a failed check.
@@ -136,6 +140,7 @@ impl StopKind {
             StopKind::Integrity => "integrity",
             StopKind::Infrastructure => "infrastructure",
             StopKind::Node => "node",
+            StopKind::Image => "image",
             StopKind::Interrupted => "interrupted",
             StopKind::FailFast => "fail-fast",
         }
@@ -154,6 +159,11 @@ pub struct Stop {
 }
 
 impl Stop {
+    /// Whether this stop is the image's fault (boot or join): checks that judge it fail.
+    pub fn is_image_fault(&self) -> bool {
+        matches!(self.kind, StopKind::Node | StopKind::Image)
+    }
+
     /// Why a check did not run because of this stop: `KIND: REASON`.
     pub fn not_run_reason(&self) -> String {
         format!("{}: {}", self.kind.as_str(), self.reason)

@@ -58,12 +58,22 @@ fn record(c: &Check, status: Status, reason: Option<String>) -> CheckRecord {
     }
 }
 
-/// The record of a check that could not run because of `s`. A node stop is a failure
-/// of the checks that judge the join, and of `c` itself when `blame` (it triggered the
-/// join and no check that judges it is left to run: the failure is never silent).
-/// Every other check is not run.
+/// Whether `c` judges what `s` says went wrong (the boot for an image stop, the join
+/// for a node stop).
+fn judges(c: &Check, s: &Stop) -> bool {
+    match s.kind {
+        StopKind::Node => c.judges_join(),
+        StopKind::Image => c.judges_boot(),
+        _ => false,
+    }
+}
+
+/// The record of a check that could not run because of `s`. An image fault (boot or
+/// join) is a failure of the checks that judge it, and of `c` itself when `blame` (it
+/// triggered the boot or join and no check that judges it is left to run: the failure
+/// is never silent). Every other check is not run.
 fn stopped(c: &Check, s: &Stop, blame: bool) -> CheckRecord {
-    if s.kind == StopKind::Node && (blame || c.judges_join()) {
+    if s.is_image_fault() && (blame || judges(c, s)) {
         let mut r = record(c, Status::Failed, None);
         r.attempts.push(AttemptRecord {
             duration: std::time::Duration::ZERO,
@@ -81,7 +91,7 @@ pub fn exit_code(stop: Option<&Stop>, failed: usize) -> i32 {
         Some(StopKind::Interrupted) => exit::INTERRUPTED,
         Some(StopKind::Infrastructure) => exit::ENVIRONMENT,
         Some(StopKind::Integrity) => exit::INTEGRITY,
-        Some(StopKind::FailFast | StopKind::Node) => exit::CHECKS_FAILED,
+        Some(StopKind::FailFast | StopKind::Node | StopKind::Image) => exit::CHECKS_FAILED,
         None if failed > 0 => exit::CHECKS_FAILED,
         None => exit::PASS,
     }
@@ -139,11 +149,11 @@ pub fn run(
             continue;
         }
         let (mut rec, stop_now) = run_one(c, options, env, emit);
-        if let Some(s) = stop_now.as_ref().filter(|s| s.kind == StopKind::Node) {
+        if let Some(s) = stop_now.as_ref().filter(|s| s.is_image_fault()) {
             let judged_later = checks[i + 1..]
                 .iter()
                 .zip(&verdicts[i + 1..])
-                .any(|(c, v)| *v == Verdict::Run && c.judges_join());
+                .any(|(c, v)| *v == Verdict::Run && judges(c, s));
             if !judged_later {
                 rec = stopped(c, s, true);
             }

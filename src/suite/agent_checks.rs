@@ -19,7 +19,7 @@ fn accepted<'r>(
 ) -> Vec<&'r Received> {
     let field = &profile.agent.identity_field;
     log.iter()
-        .filter(|r| r.status == 200 && r.path == path && r.body[field] == node)
+        .filter(|r| r.status == 200 && r.path == path && r.body[field.as_str()] == node)
         .collect()
 }
 

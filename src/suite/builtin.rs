@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
-    agent_checks, cluster_checks, guest_checks, image_checks, integrity_checks, upgrade_checks,
+    agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
+    upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -70,9 +71,33 @@ const SPECS: &[Spec] = &[
         name: "service-recovers",
         need: Need::Node,
         required: &["unit"],
-        optional: &[],
+        optional: &["evidence"],
         open: false,
         destructive: true,
+    },
+    Spec {
+        name: "guest-boots",
+        need: Need::Guest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "failed-units",
+        need: Need::Guest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "component-version",
+        need: Need::Guest,
+        required: &["component"],
+        optional: &[],
+        open: false,
+        destructive: false,
     },
     Spec {
         name: "guest-files",
@@ -281,6 +306,10 @@ impl Builtin {
                 .duration("down")
                 .and(self.duration("budget"))
                 .map(|_| ()),
+            "service-recovers" => match self.param("evidence") {
+                "" | "node-lease" => Ok(()),
+                other => Err(format!("param `evidence` = {other:?}: only \"node-lease\"")),
+            },
             _ => Ok(()),
         }
     }
@@ -292,6 +321,9 @@ impl Builtin {
             "image-files-absent" => image_checks::files_absent(self, env, attempt),
             "service-active" => guest_checks::service_active(self, env, attempt),
             "service-recovers" => guest_checks::service_recovers(self, env, attempt),
+            "guest-boots" => guest_checks::boots(env, attempt),
+            "failed-units" => guest_checks::failed_units(env, attempt),
+            "component-version" => component_checks::component_version(self, env, attempt),
             "guest-files" => guest_checks::guest_files(env, attempt),
             "process-exe" => guest_checks::process_exe(self, env, attempt),
             "node-ready" => cluster_checks::node_ready(self, env, attempt),

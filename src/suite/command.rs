@@ -67,7 +67,9 @@ fn clip(s: &str) -> String {
 }
 
 impl CommandCheck {
-    /// Runs the command and checks every expectation; the first unmet one fails.
+    /// Runs the command and checks every expectation; the first unmet one fails. A
+    /// command killed by a signal, or whose output passed the cap, fails: it has no
+    /// result to judge.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         let g = env.guest()?;
         let o = if self.sudo {
@@ -75,6 +77,26 @@ impl CommandCheck {
         } else {
             attempt.exec(g.ssh, &self.run)?
         };
+        self.judge(&o)
+    }
+
+    /// Checks a command's whole result: how it ended, then every expectation.
+    pub fn judge(&self, o: &crate::ssh::ExecOutput) -> Result<(), Failure> {
+        let cmd = clip(&self.run);
+        if let Some(sig) = &o.signal {
+            return Err(Failure::mismatch(
+                format!("`{cmd}` was killed by signal SIG{sig}: it has no exit status"),
+                format!("exit status {}", self.status),
+                format!("killed by SIG{sig}"),
+            ));
+        }
+        if o.dropped > 0 {
+            return Err(Failure::new(format!(
+                "`{cmd}` printed more than nodegate keeps ({} MiB per stream; {} bytes dropped): its output cannot be judged",
+                crate::ssh::EXEC_OUTPUT_CAP >> 20,
+                o.dropped
+            )));
+        }
         self.evaluate(o.status, &o.stdout, &o.stderr)
     }
 
@@ -208,6 +230,33 @@ mod tests {
             f.expected.as_deref(),
             Some("stdout matching /^version v1\\.20/")
         );
+    }
+
+    #[test]
+    fn a_signal_or_a_flood_is_never_a_pass() {
+        let c = check();
+        let mut o = crate::ssh::ExecOutput {
+            status: 0,
+            signal: Some("KILL".into()),
+            stdout: String::new(),
+            stderr: String::new(),
+            dropped: 0,
+        };
+        let f = c.judge(&o).unwrap_err();
+        assert!(
+            f.message.contains("killed by signal SIGKILL"),
+            "{}",
+            f.message
+        );
+        o.signal = None;
+        o.dropped = 10;
+        assert!(c
+            .judge(&o)
+            .unwrap_err()
+            .message
+            .contains("10 bytes dropped"));
+        o.dropped = 0;
+        assert!(c.judge(&o).is_ok());
     }
 
     #[test]

@@ -58,8 +58,13 @@ pub struct CheckEnv<'a> {
     pub profile: &'a Profile,
     /// Pre-boot verification.
     pub verification: &'a Verification,
-    /// The disk image the VMs boot from (empty when the manifest has none).
+    /// The disk image the VMs boot from (the verified copy; empty when the manifest has
+    /// none).
     pub disk: &'a std::path::Path,
+    /// Its format as the manifest states it (`None`: read from its bytes).
+    pub disk_format: Option<&'a str>,
+    /// A private folder of the run for temporary files.
+    pub scratch: &'a std::path::Path,
     /// The upgrade bundle's verification (`--upgrade-bundle`).
     pub bundle: Option<&'a Verification>,
     /// The booted guest, for checks that need one.
@@ -161,16 +166,29 @@ impl Attempt {
         }
         match ssh.exec(command, left) {
             Ok(o) => {
-                self.transcript.push_str(&o.stdout);
+                // The transcript keeps a bounded share of each command's output.
+                push_tail(&mut self.transcript, &o.stdout);
                 if !o.stderr.is_empty() {
-                    let _ = write!(self.transcript, "[stderr]\n{}", o.stderr);
+                    self.transcript.push_str("[stderr]\n");
+                    push_tail(&mut self.transcript, &o.stderr);
                 }
-                let _ = writeln!(self.transcript, "[exit {}]", o.status);
+                if o.dropped > 0 {
+                    let _ = writeln!(
+                        self.transcript,
+                        "[output capped at {} MiB per stream: {} bytes dropped]",
+                        crate::ssh::EXEC_OUTPUT_CAP >> 20,
+                        o.dropped
+                    );
+                }
+                let _ = writeln!(self.transcript, "[{}]", o.describe_end());
                 Ok(o)
             }
             Err(crate::ssh::SshError::Timeout { partial, .. }) => {
                 self.transcript.push_str(&partial);
                 Err(self.timed_out(command))
+            }
+            Err(e @ crate::ssh::SshError::Interrupted { .. }) => {
+                Err(Failure::new(format!("interrupted: {e}")))
             }
             Err(e) => Err(Failure::new(format!("ssh: {e}"))),
         }
@@ -194,7 +212,24 @@ impl Attempt {
     }
 }
 
-/// Single-quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+pub use crate::ssh::shell_quote;
+
+/// How much of one command's output a transcript keeps (its end, where errors are).
+const TRANSCRIPT_SHARE: usize = 64 * 1024;
+
+/// Appends the end of `s` to `transcript`, saying how much of its start was left out.
+fn push_tail(transcript: &mut String, s: &str) {
+    if s.len() <= TRANSCRIPT_SHARE {
+        transcript.push_str(s);
+        return;
+    }
+    let mut start = s.len() - TRANSCRIPT_SHARE;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let _ = writeln!(
+        transcript,
+        "[{start} bytes of output above not kept in the transcript]"
+    );
+    transcript.push_str(&s[start..]);
 }

@@ -44,20 +44,55 @@ fn main_pid(attempt: &mut Attempt, g: &mut Guest<'_>, unit: &str) -> Result<u32,
         .map_err(|_| Failure::new(format!("{unit}: MainPID unreadable: {:?}", o.stdout.trim())))
 }
 
+/// The Node's Lease `spec.renewTime` (kube-node-lease), the kubelet's heartbeat.
+fn lease_renewed(env: &CheckEnv<'_>, attempt: &mut Attempt) -> Result<String, Failure> {
+    let m = env.member()?;
+    let name = m.node.name();
+    attempt.note(format!("kubectl -n kube-node-lease get lease {name}"));
+    let lease = m
+        .kubectl
+        .get("lease", Some("kube-node-lease"), name)
+        .map_err(|e| Failure::new(format!("kubectl: {e}")))?
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "no Lease kube-node-lease/{name}: the kubelet's heartbeats cannot be observed"
+            ))
+        })?;
+    lease["spec"]["renewTime"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Failure::new(format!("Lease kube-node-lease/{name} has no renewTime")))
+}
+
 /// `service-recovers`: after SIGKILL of its main process, the unit is active again with a
-/// new PID, and the Node is Ready again, within the check's timeout.
+/// new PID within the check's timeout. With `evidence = "node-lease"` (the kubelet) the
+/// restarted process must also serve the API server again: the Node's Lease is renewed
+/// after the new PID runs (a Ready condition alone would not flip within the
+/// node-monitor grace period), and the Node is Ready.
 pub fn service_recovers(
     b: &Builtin,
     env: &mut CheckEnv<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let unit = b.param("unit").to_string();
+    let lease = match b.param("evidence") {
+        "" => false,
+        "node-lease" => true,
+        other => return Err(Failure::new(format!("unknown evidence `{other}`"))),
+    };
     let g = env.guest()?;
     let before = main_pid(attempt, g, &unit)?;
     if before == 0 {
         return Err(Failure::new(format!("{unit} has no main process to kill")));
     }
-    attempt.exec_root(g.ssh, &format!("kill -KILL {before}"))?;
+    let o = attempt.exec_root(g.ssh, &format!("kill -KILL {before}"))?;
+    if !o.success() {
+        return Err(Failure::new(format!(
+            "kill -KILL {before} ended with {}: {}",
+            o.describe_end(),
+            o.stderr.trim()
+        )));
+    }
     let killed = Instant::now();
     let after = loop {
         let pid = main_pid(attempt, g, &unit)?;
@@ -81,14 +116,112 @@ pub fn service_recovers(
         "{unit}: PID {before} killed, PID {after} active after {:.1}s",
         killed.elapsed().as_secs_f64()
     ));
-    if env.member.is_some() {
-        cluster_checks::wait_node_ready(env, attempt)?;
-        attempt.note(format!(
-            "node Ready {:.1}s after the kill",
-            killed.elapsed().as_secs_f64()
-        ));
+    if !lease {
+        return Ok(());
     }
+    // Read once the new PID runs: any later renewal is the new process's.
+    let seen = lease_renewed(env, attempt)?;
+    loop {
+        let now = lease_renewed(env, attempt)?;
+        if now != seen {
+            attempt.note(format!(
+                "Lease renewed at {now} (was {seen}), {:.1}s after the kill",
+                killed.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+        if attempt.remaining() < Duration::from_secs(3) {
+            return Err(Failure::mismatch(
+                format!("{unit} (PID {after}) runs but does not serve the API server: the Node's Lease was not renewed after the restart"),
+                "a Lease renewal after the restart",
+                format!("renewTime still {seen}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    cluster_checks::wait_node_ready(env, attempt)?;
+    attempt.note(format!(
+        "node Ready {:.1}s after the kill",
+        killed.elapsed().as_secs_f64()
+    ));
     Ok(())
+}
+
+/// `guest-boots`: the image booted to a running system: no console trouble (panic,
+/// emergency shell, Oops, BUG, OOM kill, ordering cycle), SSH with the seeded key,
+/// systemd settled. Boot faults found while booting fail this check with the console
+/// line (the runner sees to that); this reports the times and the rest.
+pub fn boots(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let g = env.guest()?;
+    let t = g.vm.timings;
+    let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64()));
+    attempt.note(format!(
+        "console {}, ssh {}, systemd settled {} after QEMU started ({}, {} boot); system {}",
+        secs(t.console),
+        secs(t.ssh),
+        secs(t.ready),
+        g.vm.accel.accel.as_str(),
+        g.vm.config.boot.kind(),
+        g.vm.health.state
+    ));
+    match g.vm.health.findings.as_slice() {
+        [] => Ok(()),
+        found => Err(Failure::mismatch(
+            format!(
+                "the console shows {}; see console.log in the artifacts",
+                found
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            "a console free of kernel and systemd trouble",
+            found[0].line.clone(),
+        )),
+    }
+}
+
+/// `failed-units`: systemd lists no failed unit; otherwise the check names each with the
+/// last lines of its journal.
+pub fn failed_units(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
+    let g = env.guest()?;
+    let o = attempt.exec(g.ssh, "systemctl --failed --plain --no-legend --no-pager")?;
+    if !o.success() {
+        return Err(Failure::new(format!(
+            "cannot list failed units ({}): {}",
+            o.describe_end(),
+            o.stderr.trim()
+        )));
+    }
+    let units: Vec<String> = o
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    if units.is_empty() {
+        return Ok(());
+    }
+    let mut excerpts = Vec::new();
+    for u in units.iter().take(5) {
+        let j = attempt.exec_root(
+            g.ssh,
+            &format!("journalctl -b --no-pager -o cat -n 3 -u {}", shell_quote(u)),
+        )?;
+        let last: Vec<&str> = j.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+        let text: String = last.join(" | ").chars().take(300).collect();
+        excerpts.push(format!("{u}: {text:?}"));
+    }
+    Err(Failure::mismatch(
+        format!(
+            "{} failed unit(s) on {}: {}; see journal.log in the artifacts",
+            units.len(),
+            g.name,
+            excerpts.join("; ")
+        ),
+        "no failed units",
+        units.join(", "),
+    ))
 }
 
 /// `guest-files`: every file the manifest lists has its sha256 in the guest.

@@ -53,8 +53,8 @@ pub fn files_absent(
         "qemu-img convert -O raw {} (a temporary copy), then debugfs",
         env.disk.display()
     ));
-    let fs =
-        RootFs::open(env.disk, attempt.remaining()).map_err(|e| Failure::new(e.to_string()))?;
+    let fs = RootFs::open(env.disk, env.disk_format, env.scratch, attempt.remaining())
+        .map_err(|e| Failure::new(e.to_string()))?;
     let mut found = std::collections::BTreeSet::new();
     for &root in &fs.roots {
         attempt.note(format!("root file system at byte offset {root}"));

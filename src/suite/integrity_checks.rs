@@ -2,7 +2,7 @@
 
 use super::builtin::Builtin;
 use super::context::{Attempt, CheckEnv, Failure, Verification};
-use crate::image::VerifyError;
+use crate::image::{ArtifactRole, VerifyError};
 
 /// The aspects of verification, in the order `image::verify` establishes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -15,13 +15,16 @@ pub enum Aspect {
     Rollback,
     /// Every artifact's size and sha256.
     Digests,
+    /// The disk is the format the manifest states and pulls in no other file.
+    Format,
 }
 
-const ASPECTS: [(&str, Aspect); 4] = [
+const ASPECTS: [(&str, Aspect); 5] = [
     ("signature", Aspect::Signature),
     ("expiry", Aspect::Expiry),
     ("rollback", Aspect::Rollback),
     ("digests", Aspect::Digests),
+    ("format", Aspect::Format),
 ];
 
 /// Parses an aspect name.
@@ -30,7 +33,9 @@ pub fn aspect(name: &str) -> Result<Aspect, String> {
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, a)| *a)
-        .ok_or_else(|| format!("unknown aspect `{name}` (signature, expiry, rollback, digests)"))
+        .ok_or_else(|| {
+            format!("unknown aspect `{name}` (signature, expiry, rollback, digests, format)")
+        })
 }
 
 fn aspect_name(a: Aspect) -> &'static str {
@@ -55,7 +60,9 @@ pub fn aspect_of(e: &VerifyError) -> Aspect {
         VerifyError::ArtifactEscapes { .. }
         | VerifyError::ArtifactMissing { .. }
         | VerifyError::SizeMismatch { .. }
-        | VerifyError::DigestMismatch { .. } => Aspect::Digests,
+        | VerifyError::DigestMismatch { .. }
+        | VerifyError::Snapshot { .. } => Aspect::Digests,
+        VerifyError::DiskFormat { .. } => Aspect::Format,
     }
 }
 
@@ -72,10 +79,35 @@ pub fn manifest(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
                     v.key.path.display()
                 )),
                 Aspect::Expiry => attempt.note(format!("expires {}", v.manifest.expires)),
-                Aspect::Rollback => attempt.note(format!("version {}", v.manifest.version)),
+                Aspect::Rollback => match &v.rollback_floor {
+                    Some(f) => attempt.note(format!(
+                        "version {} >= {} ({})",
+                        v.manifest.version, f.version, f.source
+                    )),
+                    None => {
+                        return Err(Failure::mismatch(
+                            format!(
+                                "rollback not judged: no floor for {} (give --min-version, or list the last release in the trust store's {})",
+                                v.manifest.name,
+                                crate::image::keys::RELEASED_FILE
+                            ),
+                            "a rollback floor",
+                            "none",
+                        ))
+                    }
+                },
                 Aspect::Digests => {
                     for a in &v.artifacts {
-                        attempt.note(format!("{}  {}", a.sha256, a.path.display()));
+                        attempt.note(format!("{}  {}", a.sha256, a.source.display()));
+                    }
+                }
+                Aspect::Format => {
+                    for a in v.artifacts.iter().filter(|a| a.role == ArtifactRole::Disk) {
+                        attempt.note(format!(
+                            "{}: {}, references no other file",
+                            a.source.display(),
+                            a.format
+                        ));
                     }
                 }
             }

@@ -6,6 +6,7 @@ mod agent_checks;
 pub mod builtin;
 mod cluster_checks;
 pub mod command;
+mod component_checks;
 pub mod context;
 mod guest_checks;
 mod image_checks;
@@ -25,6 +26,9 @@ use crate::config_file::{self, ConfigError};
 pub use builtin::Need;
 pub use context::{Attempt, CheckEnv, Failure, Guest, Member, Verification};
 pub use plan::{plan, Check, CheckKind, PlanError};
+
+/// The suite name reserved for the run's own testcase in reports (JUnit's `nodegate::run`).
+pub const RUN_SUITE: &str = "nodegate";
 
 /// One suite file.
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +191,15 @@ fn valid_name(s: &str) -> bool {
 
 fn validate(s: &SuiteDef) -> Result<(), ConfigError> {
     let path = &s.path;
+    if s.name == RUN_SUITE {
+        return Err(invalid(
+            path,
+            format!(
+                "suite name `{}` is reserved for the run's own testcase",
+                s.name
+            ),
+        ));
+    }
     if !valid_name(&s.name) {
         return Err(invalid(
             path,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::builtin::{self, Builtin, Need};
 use super::command::{self, CommandCheck};
 use super::context::{Attempt, CheckEnv, Failure};
-use super::vars::{expand, Vars};
+use super::vars::{expand, expand_shell, Vars};
 use super::{CheckDef, SuiteDef};
 
 /// A check ready to run.
@@ -51,6 +51,13 @@ impl Check {
     /// fails to join, it fails with the reason instead of not running.
     pub fn judges_join(&self) -> bool {
         matches!(&self.kind, CheckKind::Builtin(b) if b.name == "node-ready")
+    }
+
+    /// Whether this check judges the boot (`guest-boots`): when the image does not boot
+    /// (a panic, an emergency shell, a disk with nothing to boot), it fails with the
+    /// reason instead of not running.
+    pub fn judges_boot(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if b.name == "guest-boots")
     }
 
     /// Runs one attempt.
@@ -130,7 +137,7 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
                 .map(|(k, v)| Ok((k.clone(), x(v)?)))
                 .collect::<Result<_, String>>()?;
             let cmd = CommandCheck {
-                run: x(run)?,
+                run: expand_shell(run, vars)?,
                 sudo: c.sudo,
                 status: e.status.unwrap_or(0),
                 stdout: e.stdout.as_ref().map(x).transpose()?,

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::builtin::Builtin;
 use super::cluster_checks::{create_pod, ready_status, wait_pod};
+use super::component_checks::{listed_digest, read_version, reader};
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Verification};
 use crate::image::{ArtifactRole, VerifiedImage};
 
@@ -23,7 +24,9 @@ fn verified(bundle: Option<&Verification>) -> Result<&VerifiedImage, String> {
 }
 
 /// `upgrade-bundle`: the bundle given with `--upgrade-bundle` is signed by a trusted key,
-/// unexpired and intact (checked before anything boots).
+/// unexpired and intact, and says what to expect after it is applied: a `kubelet`
+/// version, and for each component a binary the profile can read and the bundle lists
+/// with its digest (checked before anything boots).
 pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     let v = verified(env.bundle).map_err(Failure::new)?;
     attempt.note(format!(
@@ -33,6 +36,12 @@ pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<
         v.manifest.key_id,
         v.manifest_path.display()
     ));
+    for (name, c, version, digest) in bundle_targets(env.profile, v)? {
+        attempt.note(format!(
+            "expects {name} {version} from {} ({digest})",
+            c.path
+        ));
+    }
     Ok(())
 }
 
@@ -40,12 +49,11 @@ pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
     boot_id: String,
-    kubelet: String,
-    agent: String,
     pod_uid: String,
     container_id: String,
     restarts: i64,
-    container_pid: String,
+    /// The canary's task: `PID STATUS` as containerd lists it.
+    task: String,
 }
 
 /// Whether the Node's Ready condition is True.
@@ -53,51 +61,105 @@ fn ready(node: &Value) -> bool {
     ready_status(node) == "True"
 }
 
+/// The bundle's versions of the components the profile can read, each with the binary
+/// path and the digest the bundle lists for it.
+fn bundle_targets<'b>(
+    profile: &'b crate::profile::Profile,
+    bundle: &'b VerifiedImage,
+) -> Result<
+    Vec<(
+        &'b str,
+        &'b crate::profile::ComponentProfile,
+        &'b str,
+        &'b str,
+    )>,
+    Failure,
+> {
+    if !bundle.manifest.components.contains_key("kubelet") {
+        return Err(Failure::new(
+            "the bundle manifest lists no `kubelet` component: nothing to expect after the upgrade",
+        ));
+    }
+    bundle
+        .manifest
+        .components
+        .iter()
+        .map(|(name, version)| {
+            let c = reader(profile, name)?;
+            let digest = listed_digest(&bundle.manifest, &c.path, "bundle")?;
+            Ok((name.as_str(), c, version.as_str(), digest))
+        })
+        .collect()
+}
+
+/// The running containerd task of `container_id` (`PID STATUS`), from `ctr tasks ls`.
+fn canary_task(
+    attempt: &mut Attempt,
+    ssh: &mut crate::ssh::SshSession,
+    container_id: &str,
+) -> Result<String, Failure> {
+    let short = container_id.rsplit('/').next().unwrap_or("");
+    if short.is_empty() {
+        return Err(Failure::new("the canary pod reports no container id"));
+    }
+    let o = attempt.exec_root(ssh, "ctr -n k8s.io tasks ls")?;
+    if !o.success() {
+        return Err(Failure::new(format!(
+            "ctr -n k8s.io tasks ls ended with {}: {}",
+            o.describe_end(),
+            o.stderr.trim()
+        )));
+    }
+    o.stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&short))
+        .and_then(|f| match f.as_slice() {
+            [_, pid, status, ..] if pid.parse::<u32>().is_ok_and(|p| p > 0) => {
+                Some(format!("{pid} {status}"))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "containerd lists no task with a PID for the canary container {short}"
+            ))
+        })
+}
+
 /// `hot-upgrade`: verifies the bundle, starts a canary pod, applies the bundle's script
-/// in place, then checks: no reboot, the bundle's kubelet and agent versions, the canary
-/// untouched (UID, container id, PID, restart count), the node Ready again within
-/// `ready_budget`; the NotReady window is measured.
+/// in place, then checks: no reboot; every component the bundle lists is at its version,
+/// read from the binary the bundle lists (by digest) and, where a unit runs it, running;
+/// the canary untouched (UID, container id, task PID and state, restart count); the node
+/// Ready again within `ready_budget` reporting the bundle's kubelet; the NotReady window
+/// is measured.
 pub fn hot_upgrade(
     b: &Builtin,
     env: &mut CheckEnv<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let budget = b.duration("ready_budget").map_err(Failure::new)?;
-    let (profile, bundle) = (env.profile, env.bundle);
+    let (profile, bundle, image) = (env.profile, env.bundle, env.verification.manifest());
     let member = env.member()?;
     let (kubectl, node) = (member.kubectl, member.node.name().to_string());
     let g = env.guest()?;
-    let versions = |attempt: &mut Attempt,
-                    ssh: &mut crate::ssh::SshSession|
-     -> Result<(String, String), Failure> {
-        let u = &profile.upgrade;
-        let k = attempt.exec_root(ssh, &u.kubelet_version_command)?;
-        let a = attempt.exec_root(ssh, &u.agent_version_command)?;
-        Ok((k.stdout.trim().to_string(), a.stdout.trim().to_string()))
-    };
     let bundle = match verified(bundle) {
         Ok(v) => v,
         Err(why) => {
-            let (kubelet, agent) = versions(attempt, g.ssh)?;
+            let stays = match image.and_then(|m| m.components.get("kubelet")) {
+                Some(k) => format!("; nothing applied, the node stays on kubelet {k}"),
+                None => "; nothing applied".into(),
+            };
+            attempt.note(format!("not applied: {why}"));
             return Err(Failure::mismatch(
-                format!("{why}; nothing applied, the node stays on {kubelet}, {agent}"),
+                format!("{why}{stays}"),
                 "a verified bundle, applied",
                 "refused",
             ));
         }
     };
-    let want_kubelet = bundle
-        .manifest
-        .components
-        .get("kubelet")
-        .cloned()
-        .unwrap_or_default();
-    let want_agent = bundle
-        .manifest
-        .components
-        .get("agent")
-        .cloned()
-        .unwrap_or_default();
+    let targets = bundle_targets(profile, bundle)?;
+    let want_kubelet = bundle.manifest.components["kubelet"].clone();
 
     // The canary.
     let image = b.param("canary_image");
@@ -118,25 +180,28 @@ pub fn hot_upgrade(
      -> Result<Snapshot, Failure> {
         let cs = &p["status"]["containerStatuses"][0];
         let container_id = cs["containerID"].as_str().unwrap_or("").to_string();
-        let short = container_id.rsplit('/').next().unwrap_or("").to_string();
-        let o = attempt.exec_root(
-            ssh,
-            &format!(
-                "cat /proc/sys/kernel/random/boot_id; ctr -n k8s.io tasks ls | awk '$1 == \"{short}\" {{print $2, $3}}'"
-            ),
-        )?;
-        let mut l = o.stdout.lines().map(|s| s.trim().to_string());
-        let boot_id = l.next().unwrap_or_default();
-        let container_pid = l.next().unwrap_or_default();
-        let (kubelet, agent) = versions(attempt, ssh)?;
+        let o = attempt.exec(ssh, "cat /proc/sys/kernel/random/boot_id")?;
+        let boot_id = o.stdout.trim().to_string();
+        if !o.success() || boot_id.len() != 36 {
+            return Err(Failure::new(format!(
+                "cannot read the guest's boot_id: {:?}",
+                o.stdout.trim()
+            )));
+        }
+        let task = canary_task(attempt, ssh, &container_id)?;
+        let restarts = cs["restartCount"]
+            .as_i64()
+            .ok_or_else(|| Failure::new("the canary pod reports no restartCount"))?;
+        let pod_uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        if pod_uid.is_empty() {
+            return Err(Failure::new("the canary pod has no UID"));
+        }
         Ok(Snapshot {
             boot_id,
-            kubelet,
-            agent,
-            pod_uid: p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+            pod_uid,
             container_id,
-            restarts: cs["restartCount"].as_i64().unwrap_or(-1),
-            container_pid,
+            restarts,
+            task,
         })
     };
     let before = snapshot(attempt, g.ssh, &p)?;
@@ -201,11 +266,11 @@ pub fn hot_upgrade(
     watch(&mut not_ready);
     let applied_at = Instant::now();
     let o = attempt.exec_root(g.ssh, &apply)?;
-    if o.status != 0 {
+    if !o.success() {
         return Err(Failure::mismatch(
             format!("the upgrade script failed: {}", o.stderr.trim()),
             "exit status 0",
-            format!("exit status {}", o.status),
+            o.describe_end(),
         ));
     }
     // Until Ready with the new kubelet version, within the budget.
@@ -252,6 +317,46 @@ pub fn hot_upgrade(
         not_ready.len()
     ));
 
+    // Every component at the bundle's version, from the bundle's binaries, running.
+    for (name, c, version, digest) in &targets {
+        let found = read_version(attempt, g.ssh, name, c, digest)?;
+        attempt.note(format!("{} reports {name} {found}", c.path));
+        if found != *version {
+            return Err(Failure::mismatch(
+                format!(
+                    "after the hot upgrade: {} reports another {name} version than the bundle",
+                    c.path
+                ),
+                version.to_string(),
+                found,
+            ));
+        }
+        if let Some(unit) = &c.unit {
+            let o = attempt.exec_root(
+                g.ssh,
+                &format!(
+                    "sha256sum /proc/$(systemctl show -p MainPID --value {})/exe",
+                    shell_quote(unit)
+                ),
+            )?;
+            let running = o.stdout.split_whitespace().next().unwrap_or("").to_string();
+            if running != *digest {
+                return Err(Failure::mismatch(
+                    format!(
+                        "after the hot upgrade: {unit} does not run the bundle's {}",
+                        c.path
+                    ),
+                    digest.to_string(),
+                    if running.is_empty() {
+                        o.describe_end()
+                    } else {
+                        running
+                    },
+                ));
+            }
+        }
+    }
+
     let p = pod
         .kubectl
         .get("pod", Some("default"), &pod.name)
@@ -260,51 +365,30 @@ pub fn hot_upgrade(
     let after = snapshot(attempt, g.ssh, &p)?;
     attempt.note(format!("after: {after:?}"));
     let checks = [
-        (
-            "boot_id (no reboot)",
-            before.boot_id.clone(),
-            after.boot_id.clone(),
-        ),
-        (
-            "kubelet version",
-            want_kubelet.clone(),
-            after.kubelet.clone(),
-        ),
-        ("agent version", want_agent.clone(), after.agent.clone()),
-        (
-            "canary pod UID",
-            before.pod_uid.clone(),
-            after.pod_uid.clone(),
-        ),
+        ("boot_id (no reboot)", &before.boot_id, &after.boot_id),
+        ("canary pod UID", &before.pod_uid, &after.pod_uid),
         (
             "canary container id",
-            before.container_id.clone(),
-            after.container_id.clone(),
+            &before.container_id,
+            &after.container_id,
         ),
-        (
-            "canary container PID and state",
-            before.container_pid.clone(),
-            after.container_pid.clone(),
-        ),
-        (
-            "canary restartCount",
-            before.restarts.to_string(),
-            after.restarts.to_string(),
-        ),
+        ("canary task PID and state", &before.task, &after.task),
     ];
     for (what, want, got) in checks {
-        let ok = if what.ends_with("version") {
-            got.contains(&want)
-        } else {
-            want == got
-        };
-        if !ok {
+        if want != got {
             return Err(Failure::mismatch(
                 format!("after the hot upgrade: {what} differs"),
-                want,
-                got,
+                want.clone(),
+                got.clone(),
             ));
         }
+    }
+    if before.restarts != after.restarts {
+        return Err(Failure::mismatch(
+            "after the hot upgrade: canary restartCount differs",
+            before.restarts.to_string(),
+            after.restarts.to_string(),
+        ));
     }
     Ok(())
 }

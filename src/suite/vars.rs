@@ -1,13 +1,44 @@
 //! `${name}` substitution in suite text, from the manifest, the profile and the run.
+//!
+//! In a check's `run` command each value is inserted as one single-quoted shell word,
+//! so a value (from a vendor's manifest or profile) cannot add shell syntax of its own;
+//! `${raw:name}` inserts the text as it is, for the rare suite that means to build shell
+//! from a value. Everywhere else (expectations, parameters) values are plain text.
 
 use std::collections::BTreeMap;
 
 /// Variables by name (`manifest.components.kubelet`, `profile.services.kubelet`, `node.name`).
 pub type Vars = BTreeMap<String, String>;
 
-/// Replaces every `${name}` in `text`; an unknown name or an unclosed `${` is an error
-/// naming it. `$${` writes a literal `${`.
+pub use crate::ssh::shell_quote;
+
+/// Replaces every `${name}` in `text` with its value as is; an unknown name or an
+/// unclosed `${` is an error naming it. `$${` writes a literal `${`.
 pub fn expand(text: &str, vars: &Vars) -> Result<String, String> {
+    substitute(text, vars, |_, v| v.to_string())
+}
+
+/// Like [`expand`], for a shell command: each `${name}` becomes one quoted word, and
+/// `${raw:name}` the value as is.
+pub fn expand_shell(text: &str, vars: &Vars) -> Result<String, String> {
+    substitute(
+        text,
+        vars,
+        |raw, v| {
+            if raw {
+                v.to_string()
+            } else {
+                shell_quote(v)
+            }
+        },
+    )
+}
+
+fn substitute(
+    text: &str,
+    vars: &Vars,
+    render: impl Fn(bool, &str) -> String,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -23,8 +54,12 @@ pub fn expand(text: &str, vars: &Vars) -> Result<String, String> {
             .find('}')
             .ok_or_else(|| format!("unclosed `${{` in {text:?}"))?;
         let name = after[..end].trim();
+        let (raw, name) = match name.strip_prefix("raw:") {
+            Some(n) => (true, n.trim()),
+            None => (false, name),
+        };
         match vars.get(name) {
-            Some(v) => out.push_str(v),
+            Some(v) => out.push_str(&render(raw, v)),
             None => return Err(format!("unknown variable `${{{name}}}`")),
         }
         rest = &after[end + 1..];
@@ -47,5 +82,19 @@ mod tests {
             "unknown variable `${a.c}`"
         );
         assert!(expand("${a.b", &vars).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn shell_values_are_one_quoted_word_unless_raw() {
+        let vars = Vars::from([("img".to_string(), "x'; reboot; '".to_string())]);
+        assert_eq!(
+            expand_shell("ctr run ${img} id", &vars).unwrap(),
+            r"ctr run 'x'\''; reboot; '\''' id"
+        );
+        assert_eq!(
+            expand_shell("echo ${raw:img}", &vars).unwrap(),
+            "echo x'; reboot; '"
+        );
+        assert_eq!(expand("${raw:img}", &vars).unwrap(), "x'; reboot; '");
     }
 }

@@ -1,5 +1,6 @@
 //! What a VM should be: parsed and checked before anything starts.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -71,12 +72,30 @@ impl std::str::FromStr for AccelChoice {
 /// A guest-side address the VM may connect to, forwarded to a host loopback port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestForward {
-    /// Guest-visible IPv4 address inside QEMU's user network (10.0.2.0/24, not .2/.3).
-    pub guest_addr: String,
+    /// Guest-visible IPv4 address inside QEMU's user network (see [`user_net_addr`]).
+    pub guest_addr: Ipv4Addr,
     /// Guest-visible port.
     pub guest_port: u16,
     /// Host port on 127.0.0.1.
     pub host_port: u16,
+}
+
+/// Checks that `addr` can carry a guest forward in QEMU's user network: inside
+/// 10.0.2.0/24 and none of the addresses slirp keeps for itself (network, gateway .2,
+/// DNS .3, the DHCP range .15-.31, broadcast). The error says why not.
+pub fn user_net_addr(addr: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    let [a, b, c, d] = addr.octets();
+    if (a, b, c) != (10, 0, 2) {
+        return Err(format!("{addr} is outside QEMU's user network 10.0.2.0/24"));
+    }
+    match d {
+        0 | 255 => Err(format!(
+            "{addr} is the user network's network or broadcast address"
+        )),
+        2 | 3 => Err(format!("{addr} is slirp's own gateway or DNS address")),
+        15..=31 => Err(format!("{addr} is in slirp's DHCP range 10.0.2.15-31")),
+        _ => Ok(addr),
+    }
 }
 
 /// Per-phase deadlines of a boot.
@@ -109,6 +128,9 @@ pub struct VmConfig {
     pub name: String,
     /// The base disk image (never written).
     pub image: PathBuf,
+    /// Its format as the manifest states it (`raw`, `qcow2`); `None`: read from its
+    /// bytes. Never probed by QEMU.
+    pub image_format: Option<String>,
     /// How it boots.
     pub boot: Boot,
     /// Acceleration.
@@ -139,6 +161,7 @@ impl VmConfig {
         VmConfig {
             name: name.to_string(),
             image,
+            image_format: None,
             boot,
             accel: AccelChoice::Auto,
             cpu: None,

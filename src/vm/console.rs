@@ -46,17 +46,30 @@ impl Trouble {
             Trouble::KernelPanic => line.contains("Kernel panic - not syncing"),
             Trouble::Oops => line.contains("Oops:") || line.contains("Oops "),
             Trouble::Bug => line.contains("BUG: ") && !line.contains("Bug: "),
-            Trouble::EmergencyShell => {
-                line.contains("You are in emergency mode")
-                    || line.contains("You are in rescue mode")
-                    || line.contains("Entering emergency mode")
-            }
+            Trouble::EmergencyShell => EMERGENCY.iter().any(|m| line.contains(m)),
             Trouble::OrderingCycle => line.contains("Found ordering cycle"),
             Trouble::OomKill => line.contains("Out of memory: Killed process"),
             Trouble::FailedUnit => line.contains("[FAILED] Failed to start"),
         }
     }
 }
+
+/// What consoles print when a system gives up booting and offers a shell: systemd's
+/// emergency and rescue modes (sulogin), initramfs-tools and dracut.
+const EMERGENCY: &[&str] = &[
+    "You are in emergency mode",
+    "You are in rescue mode",
+    "Entering emergency mode",
+    "Give root password for maintenance",
+    "Cannot open access to console, the root account is locked",
+    "Gave up waiting for root file system device",
+    "Failed to mount /dev/",
+    "Dropping to a shell!",
+];
+
+/// Shell prompts printed without a newline: matched on the console's last, unfinished
+/// line.
+const PROMPTS: &[&str] = &["(initramfs) ", "dracut:/# ", "sh-5"];
 
 /// Every kind of trouble, in the order they are reported.
 pub const ALL: [Trouble; 7] = [
@@ -131,6 +144,119 @@ pub fn scan(text: &str, classes: &[Trouble]) -> Vec<Finding> {
     found
 }
 
+/// A console log read as it grows: each poll reads only the new bytes and scans the
+/// lines completed since, so a watch over a long boot costs the log's size once.
+#[derive(Debug)]
+pub struct ConsoleWatch {
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    lines: usize,
+    findings: Vec<Finding>,
+    /// Beyond this many bytes the console is not read further (a flooding guest).
+    cap: u64,
+}
+
+/// How much console a watch reads before it stops (and reports a flood).
+pub const CONSOLE_CAP: u64 = 256 << 20;
+
+impl ConsoleWatch {
+    /// Watches the console log at `path` (it may not exist yet).
+    pub fn new(path: &Path) -> ConsoleWatch {
+        ConsoleWatch {
+            path: path.to_owned(),
+            offset: 0,
+            partial: Vec::new(),
+            lines: 0,
+            findings: Vec::new(),
+            cap: CONSOLE_CAP,
+        }
+    }
+
+    /// Reads what the guest wrote since the last poll; returns the number of findings
+    /// so far. A flood past the cap is reported as a fatal finding.
+    pub fn poll(&mut self) -> usize {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.offset >= self.cap {
+            return self.findings.len();
+        }
+        let Ok(mut f) = fs::File::open(&self.path) else {
+            return self.findings.len();
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return self.findings.len();
+        }
+        let mut fresh = Vec::new();
+        let _ = f.take(self.cap - self.offset).read_to_end(&mut fresh);
+        self.offset += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.partial.drain(..=i).collect();
+            self.lines += 1;
+            let line = clean(&String::from_utf8_lossy(&raw));
+            self.judge(&line, false);
+        }
+        if self.offset >= self.cap {
+            self.findings.push(Finding {
+                trouble: Trouble::EmergencyShell,
+                line_no: self.lines + 1,
+                line: format!(
+                    "the guest wrote more than {} MiB to its serial console; nodegate stopped reading it",
+                    self.cap >> 20
+                ),
+            });
+        }
+        self.findings.len()
+    }
+
+    fn judge(&mut self, line: &str, unfinished: bool) {
+        for t in ALL {
+            let hit = t.matches(line)
+                || (unfinished
+                    && t == Trouble::EmergencyShell
+                    && PROMPTS
+                        .iter()
+                        .any(|p| line.trim_start().starts_with(p.trim_end())));
+            if hit {
+                let line_no = self.lines + usize::from(unfinished);
+                let line = line.trim().to_string();
+                if !self
+                    .findings
+                    .iter()
+                    .any(|f| f.trouble == t && f.line_no == line_no && f.line == line)
+                {
+                    self.findings.push(Finding {
+                        trouble: t,
+                        line_no,
+                        line,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every finding so far of the given classes, the console's unfinished last line
+    /// (a shell prompt) included.
+    pub fn findings(&mut self, classes: &[Trouble]) -> Vec<Finding> {
+        self.poll();
+        if !self.partial.is_empty() {
+            let line = clean(&String::from_utf8_lossy(&self.partial));
+            self.judge(&line, true);
+        }
+        self.findings
+            .iter()
+            .filter(|f| classes.contains(&f.trouble))
+            .cloned()
+            .collect()
+    }
+
+    /// The first fatal finding (a panic, an emergency shell), if any.
+    pub fn fatal(&mut self) -> Option<Finding> {
+        let fatal: Vec<Trouble> = ALL.into_iter().filter(|t| t.is_fatal()).collect();
+        self.findings(&fatal).into_iter().next()
+    }
+}
+
 /// Reads the console log (lossily: a console is not always UTF-8).
 pub fn read(path: &Path) -> String {
     fs::read(path)
@@ -170,6 +296,55 @@ systemd[1]: local-fs.target: Found ordering cycle on foo.service/start\n\
         assert_eq!(kinds, ALL.to_vec());
         assert_eq!(found[0].line_no, 2);
         assert_eq!(found[6].line, "[FAILED] Failed to start kubelet.service.");
+    }
+
+    #[test]
+    fn a_watch_reads_incrementally_and_sees_prompts_without_newlines() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        let mut f = fs::File::create(&p).unwrap();
+        let mut w = ConsoleWatch::new(&p);
+        write!(
+            f,
+            "[    1.0] Linux version 6.1\nBegin: Running /scripts/local-block ... done.\n"
+        )
+        .unwrap();
+        assert_eq!(w.poll(), 0);
+        writeln!(
+            f,
+            "Gave up waiting for root file system device.  Common problems:"
+        )
+        .unwrap();
+        write!(f, "ALERT!  /dev/vdz does not exist.  Dropping to a shell!\n\n\nBusyBox v1.35 built-in shell (ash)\n(initramfs) ").unwrap();
+        let fatal = w.fatal().expect("the initramfs shell is fatal");
+        assert_eq!(fatal.line_no, 3);
+        let all = w.findings(&ALL);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[2].line, "(initramfs)");
+        assert_eq!(all[2].line_no, 8);
+        // Polling again finds nothing new.
+        assert_eq!(w.findings(&ALL).len(), 3);
+    }
+
+    #[test]
+    fn systemd_emergency_with_a_locked_root_is_fatal() {
+        let log = "[  OK  ] Reached target emergency.target - Emergency Mode.\n\
+Cannot open access to console, the root account is locked.\n\
+See sulogin(8) man page for more details.\n";
+        let found = scan(log, &[Trouble::EmergencyShell]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].line_no, 2);
+    }
+
+    #[test]
+    fn a_flooding_console_is_capped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        fs::write(&p, vec![b'x'; 4096]).unwrap();
+        let mut w = ConsoleWatch::new(&p);
+        w.cap = 1000;
+        assert!(w.fatal().unwrap().line.contains("more than"));
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use super::accel::{self, AccelDecision, KvmUnavailable};
 use super::config::{Boot, VmConfig};
-use super::console::{self, Finding, Trouble};
+use super::console::{self, ConsoleWatch, Finding, Trouble};
 use super::disk::{self, DiskError};
 use super::qemu::{self, RunFiles};
 use super::qmp::{Qmp, QmpError};
 use super::seed::{self, SeedConfig};
 use crate::exit;
-use crate::process::ProcessGroup;
+use crate::interrupt;
+use crate::process::{run_bounded, ProcessGroup};
 use crate::ssh::{generate_keypair, SshError, SshSession, SshTarget};
 use crate::wait::{wait_until, Poll, WaitError};
 
@@ -131,7 +132,8 @@ pub enum VmError {
         /// The matching lines.
         findings: Vec<Finding>,
     },
-    /// systemd reports the system degraded.
+    /// systemd reports the system degraded (for `nodegate boot`; a run judges this in
+    /// its checks instead).
     #[error("ready phase: system is {state}; failed units: {}", failed_units.join(", "))]
     Degraded {
         /// `degraded`, `maintenance`...
@@ -157,11 +159,52 @@ impl VmError {
     /// The exit code of this error's class.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmError::Disk(DiskError::NoQemuImg(_)) => exit::ENVIRONMENT,
-            VmError::Disk(_) | VmError::BootFile { .. } => exit::BAD_INPUT,
+            VmError::Disk(d) => d.exit_code(),
+            VmError::BootFile { .. } => exit::BAD_INPUT,
             VmError::Interrupted { .. } => exit::INTERRUPTED,
+            _ if self.is_image_fault() => exit::CHECKS_FAILED,
             _ => exit::ENVIRONMENT,
         }
+    }
+
+    /// Whether the image, not the host, is at fault: its disk holds nothing bootable,
+    /// its console shows a panic or an emergency shell, or it booted degraded. Such a
+    /// run ends as failed (exit 1), never as an infrastructure error.
+    pub fn is_image_fault(&self) -> bool {
+        matches!(
+            self,
+            VmError::Disk(DiskError::NotBootable { .. })
+                | VmError::Console { .. }
+                | VmError::Degraded { .. }
+        )
+    }
+}
+
+/// How the guest came up: systemd's verdict and what the console showed on the way.
+/// A run judges these in its checks; `nodegate boot` fails on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootHealth {
+    /// `systemctl is-system-running --wait`: `running`, `degraded`...
+    pub state: String,
+    /// `systemctl --failed` units (when not running).
+    pub failed_units: Vec<String>,
+    /// Non-fatal console trouble (Oops, BUG, OOM kill, ordering cycle, failed unit).
+    pub findings: Vec<Finding>,
+}
+
+impl BootHealth {
+    /// The boot's trouble as an error, if it had any.
+    pub fn problem(&self) -> Option<VmError> {
+        if self.state != "running" {
+            return Some(VmError::Degraded {
+                state: self.state.clone(),
+                failed_units: self.failed_units.clone(),
+            });
+        }
+        (!self.findings.is_empty()).then(|| VmError::Console {
+            phase: Phase::Ready,
+            findings: self.findings.clone(),
+        })
     }
 }
 
@@ -191,7 +234,10 @@ pub struct Vm {
     pub ssh_target: SshTarget,
     /// Phase timings.
     pub timings: BootTimings,
+    /// How it came up (after [`Vm::wait_ready`]).
+    pub health: BootHealth,
     started: Instant,
+    console: ConsoleWatch,
     qemu: ProcessGroup,
     _temp_dir: Option<tempfile::TempDir>,
 }
@@ -229,15 +275,31 @@ impl Vm {
     /// Everything goes to `config.run_dir`; pass the [`tempfile::TempDir`] owning it as
     /// `temp_dir` to have the folder removed when the [`Vm`] is dropped.
     pub fn start(config: VmConfig, temp_dir: Option<tempfile::TempDir>) -> Result<Vm, VmError> {
-        Command::new(&config.qemu)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|source| VmError::MissingQemu {
-                binary: config.qemu.clone(),
-                source,
-            })?;
-        let info = disk::inspect(&config.image)?;
+        match run_bounded(
+            Command::new(&config.qemu).arg("--version"),
+            None,
+            Duration::from_secs(30),
+        ) {
+            Ok(_) => {}
+            Err(crate::process::CommandError::Spawn { source, .. }) => {
+                return Err(VmError::MissingQemu {
+                    binary: config.qemu.clone(),
+                    source,
+                })
+            }
+            Err(crate::process::CommandError::Interrupted { .. }) => {
+                return Err(VmError::Interrupted {
+                    phase: Phase::Console,
+                })
+            }
+            Err(e) => {
+                return Err(VmError::MissingQemu {
+                    binary: config.qemu.clone(),
+                    source: io::Error::other(e.to_string()),
+                })
+            }
+        }
+        let info = disk::inspect(&config.image, config.image_format.as_deref())?;
         match &config.boot {
             Boot::Kernel { kernel, initrd, .. } => {
                 check_file(kernel, "kernel")?;
@@ -268,6 +330,7 @@ impl Vm {
         let probe = config.run_dir.join(".writable");
         fs::write(&probe, b"").map_err(run_dir_err)?;
         let _ = fs::remove_file(&probe);
+        disk::check_bootable(&config.image, &info, &config.run_dir)?;
 
         let probe_kernel = match &config.boot {
             Boot::Kernel { kernel, .. } => Some(kernel.as_path()),
@@ -296,6 +359,8 @@ impl Vm {
                 host.public.clone(),
             ),
         };
+        // The seed carries the guest's host private key: 0600 from its first byte.
+        let _ = fs::remove_file(&files.seed);
         seed::write(&seed_config, &files.seed).map_err(run_dir_err)?;
         let _ = fs::remove_file(&host.private);
         let _ = fs::remove_file(&files.overlay);
@@ -312,12 +377,14 @@ impl Vm {
             host_key: host.public,
         };
         Ok(Vm {
+            console: ConsoleWatch::new(&files.console),
             config,
             accel,
             ssh_port,
             files,
             ssh_target,
             timings: BootTimings::default(),
+            health: BootHealth::default(),
             started: Instant::now(),
             qemu,
             _temp_dir: temp_dir,
@@ -407,12 +474,12 @@ impl Vm {
         console::tail(&self.files.console, n)
     }
 
-    /// Scans the whole console log for the given trouble classes.
-    pub fn console_findings(&self, classes: &[Trouble]) -> Vec<Finding> {
-        console::scan(&console::read(&self.files.console), classes)
+    /// The console findings so far of the given classes (read incrementally).
+    pub fn console_findings(&mut self, classes: &[Trouble]) -> Vec<Finding> {
+        self.console.findings(classes)
     }
 
-    fn phase_error(&self, phase: Phase, err: WaitError) -> VmError {
+    fn phase_error(&mut self, phase: Phase, err: WaitError) -> VmError {
         let tail = self.console_tail(8);
         match err {
             WaitError::Timeout { waited, what, last } => VmError::Timeout {
@@ -452,12 +519,13 @@ impl Vm {
         if let Ok(Some(status)) = self.qemu.try_status() {
             return Some(format!("qemu exited: {status}"));
         }
-        let fatal: Vec<Trouble> = console::ALL.into_iter().filter(|t| t.is_fatal()).collect();
-        self.console_findings(&fatal).first().map(|f| f.to_string())
+        self.console.fatal().map(|f| f.to_string())
     }
 
     /// Waits for the console, SSH and systemd, each within its deadline; returns the
-    /// SSH session. Console trouble found on the way fails the boot.
+    /// SSH session. A fatal console state (panic, emergency shell) fails the boot within
+    /// seconds of appearing; a degraded system or other console trouble is recorded in
+    /// [`Vm::health`] for the checks to judge.
     pub fn wait_ready(&mut self) -> Result<SshSession, VmError> {
         let t = self.config.timeouts;
         let console_path = self.files.console.clone();
@@ -497,7 +565,11 @@ impl Vm {
         let mut session = r.map_err(|e| self.phase_error(Phase::Ssh, e))?;
         self.timings.ssh = Some(self.uptime());
 
-        let out = session.exec("systemctl is-system-running --wait", t.ready);
+        // Watch the console while systemd settles: a guest that drops to an emergency
+        // shell now must not cost the whole ready budget.
+        let out = session.exec_watched("systemctl is-system-running --wait", t.ready, &mut || {
+            self.fatal_state()
+        });
         let out = match out {
             Ok(o) => o,
             Err(SshError::Timeout {
@@ -512,11 +584,27 @@ impl Vm {
                     tail: self.console_tail(8),
                 })
             }
+            Err(SshError::Stopped { .. }) => {
+                return Err(self.phase_error(
+                    Phase::Ready,
+                    WaitError::Fatal {
+                        what: "systemd".into(),
+                        reason: "console".into(),
+                    },
+                ))
+            }
+            Err(SshError::Interrupted { .. }) => {
+                return Err(VmError::Interrupted {
+                    phase: Phase::Ready,
+                })
+            }
             Err(e) => return Err(e.into()),
         };
         let state = out.stdout.trim().to_string();
-        if state != "running" {
-            let failed = session
+        let failed_units = if state == "running" {
+            Vec::new()
+        } else {
+            session
                 .exec(
                     "systemctl --failed --plain --no-legend --no-pager",
                     Duration::from_secs(30),
@@ -527,20 +615,19 @@ impl Vm {
                         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
                         .collect()
                 })
-                .unwrap_or_default();
-            return Err(VmError::Degraded {
-                state,
-                failed_units: failed,
-            });
-        }
+                .unwrap_or_default()
+        };
         self.timings.ready = Some(self.uptime());
-        let findings = self.console_findings(&console::ALL);
-        if !findings.is_empty() {
-            return Err(VmError::Console {
-                phase: Phase::Ready,
-                findings,
-            });
-        }
+        let findings = self
+            .console_findings(&console::ALL)
+            .into_iter()
+            .filter(|f| f.trouble != Trouble::FailedUnit)
+            .collect();
+        self.health = BootHealth {
+            state,
+            failed_units,
+            findings,
+        };
         Ok(session)
     }
 
@@ -566,11 +653,13 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if matches!(self.qemu.try_status(), Ok(None)) {
+        if matches!(self.qemu.try_status(), Ok(None)) && !interrupt::hurry() {
             if let Ok(mut q) = Qmp::connect(&self.files.qmp, Duration::from_secs(2)) {
                 let _ = q.quit();
             }
-            let _ = self.qemu.wait_timeout(Duration::from_secs(2));
+            let _ = self
+                .qemu
+                .wait_timeout(interrupt::grace(Duration::from_secs(2)));
         }
         self.qemu.terminate();
     }

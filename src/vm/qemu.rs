@@ -1,6 +1,11 @@
 //! The QEMU command line, built from a [`VmConfig`] and the run folder's files.
+//!
+//! Nothing is spliced: every value inside an option string is rendered from a type (an
+//! address, a port, a number) or is a path escaped for QEMU's option syntax
+//! ([`opt_path`]: commas doubled), so no value can add an option of its own.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,6 +43,19 @@ impl RunFiles {
     }
 }
 
+/// A path as a value inside a QEMU option string (`file=PATH,...`): QEMU's option
+/// parser ends a value at a comma unless it is doubled.
+pub fn opt_path(prefix: &str, path: &Path) -> OsString {
+    let mut out = prefix.as_bytes().to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
 /// The NIC's id, for QMP `set_link`.
 pub const NIC_ID: &str = "nic0";
 
@@ -56,6 +74,11 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         ));
     }
     let os = |s: &Path| s.as_os_str().to_owned();
+    let with = |opt: OsString, rest: &str| {
+        let mut o = opt;
+        o.push(OsStr::new(rest));
+        o
+    };
     let mut args: Vec<OsString> = vec![
         "-name".into(),
         format!("nodegate-{},process=nodegate-{}", config.name, config.name).into(),
@@ -72,32 +95,18 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         "-display".into(),
         "none".into(),
         "-chardev".into(),
-        {
-            let mut s = OsString::from("file,id=console,path=");
-            s.push(os(&files.console));
-            s
-        },
+        opt_path("file,id=console,path=", &files.console),
         "-serial".into(),
         "chardev:console".into(),
         "-qmp".into(),
-        {
-            let mut s = OsString::from("unix:");
-            s.push(os(&files.qmp));
-            s.push(",server=on,wait=off");
-            s
-        },
+        with(opt_path("unix:", &files.qmp), ",server=on,wait=off"),
         "-drive".into(),
-        {
-            let mut s = OsString::from("if=virtio,format=qcow2,cache=unsafe,discard=unmap,file=");
-            s.push(os(&files.overlay));
-            s
-        },
+        opt_path(
+            "if=virtio,format=qcow2,cache=unsafe,discard=unmap,file=",
+            &files.overlay,
+        ),
         "-drive".into(),
-        {
-            let mut s = OsString::from("if=virtio,format=raw,readonly=on,file=");
-            s.push(os(&files.seed));
-            s
-        },
+        opt_path("if=virtio,format=raw,readonly=on,file=", &files.seed),
         "-netdev".into(),
         netdev.into(),
         "-device".into(),
@@ -122,10 +131,8 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         }
         Boot::Bios => {}
         Boot::Uefi { code, .. } => {
-            let mut c = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
-            c.push(os(code));
-            let mut v = OsString::from("if=pflash,format=raw,unit=1,file=");
-            v.push(os(&files.efi_vars));
+            let c = opt_path("if=pflash,format=raw,unit=0,readonly=on,file=", code);
+            let v = opt_path("if=pflash,format=raw,unit=1,file=", &files.efi_vars);
             args.extend(["-drive".into(), c, "-drive".into(), v]);
         }
     }
@@ -151,7 +158,7 @@ mod tests {
             PathBuf::from("/run/x"),
         );
         config.forwards.push(GuestForward {
-            guest_addr: "10.0.2.100".into(),
+            guest_addr: std::net::Ipv4Addr::new(10, 0, 2, 100),
             guest_port: 6443,
             host_port: 16443,
         });
@@ -179,6 +186,15 @@ mod tests {
         assert!(
             joined.contains("readonly=on,file=/run/x/seed.img"),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn commas_in_paths_cannot_add_options() {
+        let p = Path::new("/tmp/a,format=raw,file=/etc/shadow");
+        assert_eq!(
+            opt_path("file=", p),
+            OsString::from("file=/tmp/a,,format=raw,,file=/etc/shadow")
         );
     }
 }

@@ -6,11 +6,9 @@
 //! system holding `/etc` is read with `debugfs` (read-only).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::interrupt;
-use crate::process::ProcessGroup;
 use crate::vm::disk::DiskError;
 
 /// Why the root file system could not be read.
@@ -77,61 +75,43 @@ fn convert(disk: &Path, format: &str, raw: &Path, timeout: Duration) -> Result<(
         path: disk.to_owned(),
         reason,
     };
-    let log = raw.with_extension("log");
-    let stderr =
-        std::fs::File::create(&log).map_err(|e| failed(format!("{}: {e}", log.display())))?;
     let mut cmd = Command::new("qemu-img");
     cmd.args(["convert", "-U", "-f", format, "-O", "raw"])
         .arg(disk)
-        .arg(raw)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    // Its own process group, torn down on drop (a timeout or a signal).
-    let mut child = ProcessGroup::spawn("qemu-img", &mut cmd).map_err(|e| tool("qemu-img", e))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let step =
-            Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
-        match child.wait_timeout(step).map_err(|e| tool("qemu-img", e))? {
-            Some(s) if s.success() => return Ok(()),
-            Some(_) => {
-                return Err(failed(
-                    std::fs::read_to_string(&log)
-                        .unwrap_or_default()
-                        .trim()
-                        .trim_start_matches("qemu-img: ")
-                        .to_string(),
-                ))
-            }
-            None if interrupt::interrupted() => {
-                return Err(failed("interrupted by a signal".into()))
-            }
-            None if Instant::now() >= deadline => {
-                return Err(failed(format!(
-                    "qemu-img convert still running after {}",
-                    humantime::format_duration(timeout)
-                )))
-            }
-            None => {}
-        }
+        .arg(raw);
+    match crate::process::run_bounded(&mut cmd, None, timeout) {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(failed(
+            o.stderr_text()
+                .trim()
+                .trim_start_matches("qemu-img: ")
+                .to_string(),
+        )),
+        Err(crate::process::CommandError::Spawn { source, .. }) => Err(tool("qemu-img", source)),
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 
 impl RootFs {
-    /// Converts `disk` (any format qemu-img reads, as `qemu-img info` says) to a raw copy
-    /// in a temporary folder and finds its root file systems, within `timeout`.
-    pub fn open(disk: &Path, timeout: Duration) -> Result<RootFs, RootFsError> {
-        let info = crate::vm::disk::inspect(disk)?;
+    /// Converts `disk` (of the `format` its manifest states, or the one its bytes show)
+    /// to a raw copy in a temporary folder under `scratch` and finds its root file
+    /// systems, within `timeout`.
+    pub fn open(
+        disk: &Path,
+        format: Option<&str>,
+        scratch: &Path,
+        timeout: Duration,
+    ) -> Result<RootFs, RootFsError> {
+        let info = crate::vm::disk::inspect(disk, format)?;
         let temp = tempfile::Builder::new()
-            .prefix("nodegate-rootfs.")
-            .tempdir()
+            .prefix("rootfs.")
+            .tempdir_in(scratch)
             .map_err(|e| RootFsError::Convert {
                 path: disk.to_owned(),
                 reason: format!("temporary folder: {e}"),
             })?;
         let raw = temp.path().join("disk.raw");
-        convert(disk, &info.format, &raw, timeout)?;
+        convert(disk, info.format.as_str(), &raw, timeout)?;
         let mut fs = RootFs {
             raw,
             roots: Vec::new(),
@@ -169,13 +149,11 @@ impl RootFs {
     /// `None` if there is no such folder; an error if debugfs could not read it there.
     pub fn list(&self, offset: u64, dir: &str) -> Result<Option<Vec<String>>, RootFsError> {
         let target = format!("{}?offset={offset}", self.raw.display());
-        let out = Command::new("debugfs")
-            .arg("-R")
+        let mut c = Command::new("debugfs");
+        c.arg("-R")
             .arg(format!("ls -p {}", debugfs_quote(dir)))
-            .arg(target)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| tool("debugfs", e))?;
+            .arg(target);
+        let out = bounded("debugfs", &mut c)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         // debugfs exits 0 whatever happened: a listing has a `.` entry; anything else is
         // a missing folder or an error, never an empty folder (a check must not pass
@@ -208,14 +186,29 @@ impl RootFs {
     }
 }
 
+/// How long one debugfs or partx call may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a read-only tool within [`TOOL_TIMEOUT`].
+fn bounded(
+    name: &'static str,
+    cmd: &mut Command,
+) -> Result<crate::process::CommandOutput, RootFsError> {
+    crate::process::run_bounded(cmd, None, TOOL_TIMEOUT).map_err(|e| match e {
+        crate::process::CommandError::Spawn { source, .. } => tool(name, source),
+        other => RootFsError::Tool {
+            tool: name,
+            reason: other.to_string(),
+        },
+    })
+}
+
 /// Byte offsets of the disk's partitions, or partx's complaint (no partition table).
 fn partition_offsets(raw: &Path) -> Result<Vec<u64>, String> {
-    let out = Command::new("partx")
-        .args(["--raw", "--noheadings", "--output", "START"])
-        .arg(raw)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run partx ({e}); install util-linux"))?;
+    let mut c = Command::new("partx");
+    c.args(["--raw", "--noheadings", "--output", "START"])
+        .arg(raw);
+    let out = bounded("partx", &mut c).map_err(|e| e.to_string())?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         let why = why.trim().trim_start_matches("partx: ");

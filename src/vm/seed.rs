@@ -83,9 +83,10 @@ pub fn build(config: &SeedConfig) -> io::Result<Vec<u8>> {
     Ok(disk.into_inner())
 }
 
-/// Writes the seed volume to `path` (raw image, attach read-only).
+/// Writes the seed volume to `path` (raw image, attach read-only), mode 0600 from its
+/// first byte: it holds the guest's SSH host private key. `path` must not exist.
 pub fn write(config: &SeedConfig, path: &Path) -> io::Result<()> {
-    std::fs::write(path, build(config)?)
+    crate::fsutil::write_new(path, &build(config)?, crate::fsutil::PRIVATE)
 }
 
 #[cfg(test)]

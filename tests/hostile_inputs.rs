@@ -648,3 +648,38 @@ fn a_killed_runs_folder_and_report_are_found_and_cleaned_by_doctor() {
         .unwrap()
         .contains("pid 999999"));
 }
+
+#[test]
+fn a_control_plane_that_cannot_start_is_an_infrastructure_stop_junit_shows() {
+    let img = signed_with_disk(
+        |dir| {
+            // A disk that passes the pre-boot look (an MBR), so the control plane comes next.
+            let mut mbr = vec![0u8; 1 << 20];
+            mbr[510] = 0x55;
+            mbr[511] = 0xaa;
+            fs::write(dir.join("node.qcow2"), mbr).unwrap();
+        },
+        "raw",
+    );
+    let r = run(
+        &img,
+        &[
+            "--min-version",
+            "5",
+            "--control-plane",
+            "kubeconfig=/nonexistent/admin.conf",
+            "--exact",
+            "kubelet::node_ready",
+        ],
+    );
+    assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
+    let j = json(&img);
+    assert_eq!(j["stop"]["kind"], "infrastructure");
+    assert_eq!(j["stop"]["phase"], "control-plane");
+    assert_eq!(check(&j, "kubelet::node_ready")["status"], "not-run");
+    assert_eq!(
+        common::run_error(&img.path("junit.xml")).as_deref(),
+        Some("infrastructure"),
+        "a JUnit reader sees the run did not finish"
+    );
+}

@@ -1,9 +1,12 @@
 //! `nodegate run` end to end on the test bed: the full flow on image v1 with the local
-//! control plane (every suite passes; JUnit and JSON checked), the runner's retries,
-//! flaky marking and timeouts against a real guest, an interrupted run, and the negative
-//! images and faults that each suite must catch (kernel panic, crash-looping kubelet,
-//! injected faults, tampered bundle). Needs the test bed (`fixtures/build`); VM tests are
-//! serialized because the machine has 2 cores.
+//! control plane (every suite passes; JUnit and JSON checked; no bootstrap token on a
+//! host command line), the runner's retries, flaky marking and timeouts against a real
+//! guest (a command killed by a signal, one that floods its output), Ctrl-C in a long
+//! guest command (and twice), SIGKILL and the next nodegate's clean-up, and the negative
+//! images and faults that each suite must catch (kernel panic, initramfs and emergency
+//! shells, a degraded guest, crash-looping kubelet, injected faults, tampered bundle).
+//! Needs the test bed (`fixtures/build`); VM tests are serialized because the machine has
+//! 2 cores.
 
 mod common;
 
@@ -122,6 +125,52 @@ fn out() -> Out {
     }
 }
 
+/// Watches every process's command line on the host while it runs, and returns those
+/// that carried something shaped like a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`)
+/// beside a word of the join (kubeadm, kubectl, token, nodegate).
+struct TokenWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl TokenWatch {
+    fn start() -> TokenWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let token = regex::Regex::new(r"(^|[^a-z0-9.])[a-z0-9]{6}\.[a-z0-9]{16}([^a-z0-9.]|$)")
+                .unwrap();
+            let mut seen = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                        continue;
+                    };
+                    let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+                    let joinish = ["kubeadm", "kubectl", "token", "nodegate"]
+                        .iter()
+                        .any(|w| line.contains(w));
+                    if joinish && token.is_match(&line) && !seen.contains(&line) {
+                        seen.push(line);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        });
+        TokenWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
 #[test]
 fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,8 +185,14 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         bundle("bundle-v2"),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let watch = TokenWatch::start();
     let r = common::run(&args, o.dir.path());
+    let leaked = watch.finish();
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        leaked.is_empty(),
+        "a bootstrap token was on a host command line: {leaked:#?}"
+    );
     assert!(
         r.stdout.contains("test kubelet::pinned_pod_runs ... ok"),
         "{}",
@@ -155,7 +210,9 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         &["run", "--list", "--suites", &common::repo("suites")],
         Path::new("."),
     );
-    assert_eq!(junit.tests, listed.stdout.matches(": test").count());
+    // Every check, and the run's own testcase, which passed.
+    assert_eq!(junit.tests, listed.stdout.matches(": test").count() + 1);
+    assert_eq!(common::run_error(&o.path("junit.xml")), None);
     let props = &junit.test_suites[0].properties;
     let prop = |n: &str| {
         props
@@ -243,8 +300,19 @@ expect = { stdout = "second" }
 [[check]]
 name = "slow"
 description = "Never finishes in time."
-timeout = "3s"
-run = "sleep 30"
+timeout = "10s"
+run = "sleep 600"
+
+[[check]]
+name = "killed"
+description = "Killed by a signal: it has no exit status, so no status 0."
+sudo = false
+run = "kill -KILL $$"
+
+[[check]]
+name = "flood"
+description = "Prints more than nodegate keeps."
+run = "head -c 20000000 /dev/zero"
 
 [[check]]
 name = "wrong"
@@ -281,18 +349,35 @@ expect = { stdout = "v0.0.0" }
         slow["message"]
             .as_str()
             .unwrap()
-            .contains("timed out after 3s waiting for"),
+            .contains("timed out after 10s waiting for"),
         "{slow}"
     );
+    // A timeout is a timeout: each attempt ends within its 10 s and the 2 s close
+    // grace (before, closing the abandoned channel waited another full timeout).
     assert!(
-        slow["duration_secs"].as_f64().unwrap() < 20.0,
+        slow["duration_secs"].as_f64().unwrap() < 30.0,
         "both attempts bounded: {slow}"
+    );
+    let killed = check("killed");
+    assert_eq!(killed["status"], "failed", "{killed}");
+    assert!(
+        killed["message"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal SIGKILL"),
+        "{killed}"
+    );
+    let flood = check("flood");
+    assert_eq!(flood["status"], "failed", "{flood}");
+    assert!(
+        flood["message"].as_str().unwrap().contains("bytes dropped"),
+        "{flood}"
     );
     let wrong = check("wrong");
     assert_eq!(wrong["expected"], "v0.0.0");
     assert_eq!(wrong["actual"], "v1.20.2");
     assert_eq!(json["summary"]["flaky"], 1);
-    assert_eq!(json["summary"]["failed"], 2);
+    assert_eq!(json["summary"]["failed"], 4);
     // No join was needed: no control plane phase.
     assert!(json["phases"]
         .as_array()
@@ -301,7 +386,12 @@ expect = { stdout = "v0.0.0" }
         .all(|p| p["name"] != "join"));
 
     let junit = o.junit();
-    let cases = &junit.test_suites[0].test_cases;
+    let cases = &junit
+        .test_suites
+        .iter()
+        .find(|s| s.name.as_str() == "behaviour")
+        .unwrap()
+        .test_cases;
     let case = |n: &str| cases.iter().find(|c| c.name.as_str() == n).unwrap();
     match &case("flaky").status {
         TestCaseStatus::Success { flaky_runs } => assert_eq!(flaky_runs.len(), 1),
@@ -340,90 +430,213 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The run folder nodegate made under `state` (`NODEGATE_STATE`), once it exists.
+fn run_folder(state: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(state)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+        })
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The report at `path`, once it parses.
+fn report_at(path: &Path) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Whether the report's last phase named `name` has finished.
+fn phase_done(report: &serde_json::Value, name: &str) -> bool {
+    report["phases"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["name"] == name && p["duration_secs"].is_number())
+    })
+}
+
 #[test]
-fn ctrl_c_during_boot_writes_a_partial_report_and_leaves_nothing_running() {
+fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let o = out();
+    let state = tempfile::tempdir().unwrap();
     let mut args = o.args();
     args.extend([
         "--suites".into(),
+        common::repo("tests/data/hang.toml"),
+        "--suites".into(),
         common::repo("suites"),
-        "--control-plane".into(),
-        "local".into(),
-        "--upgrade-bundle".into(),
-        bundle("bundle-v2"),
+        "--suite".into(),
+        "hang,integrity".into(),
     ]);
     let child = KillOnDrop(Some(
         common::nodegate()
             .args(&args)
             .current_dir(o.dir.path())
+            .env("NODEGATE_STATE", state.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     ));
-    // Wait until the report shows the boot phase under way and its QEMU runs.
+    // While it boots: the run's folder and what holds secrets are private from the
+    // first byte, and QEMU boots the verified copies in that folder, not the originals.
     let t = Instant::now();
-    loop {
-        let report = std::fs::read_to_string(o.path("report.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-        if report.as_ref().is_some_and(|r| leftover_qemus(r) > 0) {
-            break;
+    let (run, vm) = loop {
+        let vm = run_folder(state.path()).and_then(|run| {
+            let vm = std::fs::read_dir(&run)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vm-"))
+                })?;
+            vm.join("qmp.sock").exists().then_some((run, vm))
+        });
+        if let Some(v) = vm {
+            break v;
         }
         assert!(
             t.elapsed() < Duration::from_secs(180),
-            "the run never reached the boot"
+            "the run never booted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(mode(&run), 0o700);
+    for f in ["seed.img", "id_ed25519"] {
+        assert_eq!(mode(&vm.join(f)), 0o600, "{f}");
+    }
+    let qemu = common::qemu_pids_with(&vm.display().to_string());
+    assert_eq!(qemu.len(), 1, "one QEMU for the run's VM");
+    let argv = std::fs::read(format!("/proc/{}/cmdline", qemu[0])).unwrap();
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let kernel = &argv[argv.iter().position(|a| a == "-kernel").unwrap() + 1];
+    assert!(
+        kernel.starts_with(&run.join("verified").display().to_string()),
+        "QEMU boots {kernel}, not the verified copy"
+    );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(vm.join("overlay.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backing = info["backing-filename"].as_str().unwrap();
+    assert!(backing.starts_with(&run.display().to_string()), "{backing}");
+    assert_eq!(info["backing-filename-format"], "qcow2");
+
+    // Then the checks: hang::sleeps runs `sleep 600`; interrupt it after a few seconds.
+    let t = Instant::now();
+    while report_at(&o.path("report.json")).is_none_or(|r| !phase_done(&r, "boot")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "the boot never finished"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     let mut child = child;
     let c = child.0.take().unwrap();
+    let sent = Instant::now();
     unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     let output = c.wait_with_output().unwrap();
+    let took = sent.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(130), "{stdout}");
+    assert!(
+        took < Duration::from_secs(10),
+        "Ctrl-C took {took:?} to end the run (teardown included)"
+    );
     let json = o.json();
     assert_eq!(json["verdict"], "interrupted");
     assert_eq!(json["stop"]["kind"], "interrupted");
-    // The pre-boot checks (tag `pre-boot`) ran and passed; nothing else finished.
-    let pre_boot = common::ok(
-        &[
-            "run",
-            "--list",
-            "--suites",
-            &common::repo("suites"),
-            "--tag",
-            "pre-boot",
-        ],
-        Path::new("."),
-    );
-    let pre_boot: Vec<&str> = pre_boot
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_suffix(": test"))
-        .collect();
-    assert!(pre_boot.len() >= 5, "{pre_boot:?}");
-    for id in &pre_boot {
+    let hang = check_in(&json, "id", "hang::sleeps");
+    assert_eq!(hang["status"], "not-run", "{hang}");
+    // The pre-boot checks ran and passed.
+    for id in [
+        "integrity::signature",
+        "integrity::artifact_digests",
+        "integrity::no_rollback",
+    ] {
         assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
     }
+    // A JUnit reader sees a run that did not finish.
     assert_eq!(
-        json["summary"]["passed"],
-        pre_boot.len(),
-        "the pre-boot checks ran"
+        common::run_error(&o.path("junit.xml")).as_deref(),
+        Some("interrupted")
     );
-    assert!(json["summary"]["not_run"].as_u64().unwrap() > 10);
-    let junit = o.junit();
-    assert!(junit.skipped > 10);
+    assert!(o.junit().skipped > 0);
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert!(
+        run_folder(state.path()).is_none(),
+        "the run's folder is removed"
+    );
+
+    // A second Ctrl-C escalates: teardown waits for nothing, and still leaves nothing.
+    let o = out();
+    let child = common::nodegate()
+        .args(o.args())
+        .args(["--suites", &common::repo("suites"), "--suite", "integrity"])
+        .current_dir(o.dir.path())
+        .env("NODEGATE_STATE", state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while report_at(&o.path("report.json")).is_none_or(|r| leftover_qemus(&r) == 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "the run never booted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(100));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(leftover_qemus(&o.json()), 0, "no QEMU left behind");
+    assert_eq!(o.json()["verdict"], "interrupted");
+    assert!(
+        run_folder(state.path()).is_none(),
+        "the run's folder is removed"
+    );
 }
 
 /// An unsigned manifest (kernel, initrd, cmdline, disk) for a test bed layout, made in a
 /// temporary folder beside links to the layout's files (the test bed is never written:
 /// the run boots an overlay).
 fn unsigned_manifest(layout: &Path, dir: &Path) -> PathBuf {
-    for f in ["root.qcow2", "vmlinuz", "initrd.img", "cmdline"] {
+    unsigned_manifest_with(layout, dir, "")
+}
+
+/// Like [`unsigned_manifest`], with `extra` appended to the layout's kernel command line.
+fn unsigned_manifest_with(layout: &Path, dir: &Path, extra: &str) -> PathBuf {
+    let cmdline = std::fs::read_to_string(layout.join("cmdline")).unwrap();
+    std::fs::write(dir.join("cmdline"), format!("{} {extra}\n", cmdline.trim())).unwrap();
+    for f in ["root.qcow2", "vmlinuz", "initrd.img"] {
         // Hard links (manifest create refuses symlinks leaving the folder); copies across
         // file systems.
         if std::fs::hard_link(layout.join(f), dir.join(f)).is_err() {
@@ -440,9 +653,13 @@ fn unsigned_manifest(layout: &Path, dir: &Path) -> PathBuf {
         .iter()
         .flat_map(|(k, v)| ["--component".into(), format!("{k}={}", v.as_str().unwrap())])
         .collect();
+    // ...and the same binaries: the digests of the files the manifest lists.
+    let files = common::testbed("image", "guest-files.sha256").join("guest-files.sha256");
     let mut args = vec![
         "manifest",
         "create",
+        "--guest-files",
+        files.to_str().unwrap(),
         "--image",
         "root.qcow2",
         "--name",
@@ -465,46 +682,239 @@ fn unsigned_manifest(layout: &Path, dir: &Path) -> PathBuf {
     dir.join("node.manifest.json")
 }
 
+/// Runs only `kubelet::boots` on `manifest` (unsigned) and asserts an image fault whose
+/// failing check quotes `quote` from the console, found within `within` of the boot's
+/// start (the SSH budget is 600 s). Returns the report.
+fn boot_fault(o: &Out, manifest: &Path, quote: &str, within: Duration) -> serde_json::Value {
+    let r = o.run_unsigned(
+        manifest,
+        &common::repo("profiles/debian-fixture.toml"),
+        &["--exact", "kubelet::boots"],
+    );
+    assert_eq!(r.code, 1, "an image fault: {}{}", r.stdout, r.stderr);
+    let json = o.json();
+    assert_eq!(json["verdict"], "failed");
+    assert_eq!(json["stop"]["kind"], "image", "{json}");
+    assert_eq!(json["stop"]["phase"], "boot");
+    let boots = check_in(&json, "id", "kubelet::boots");
+    assert_eq!(boots["status"], "failed", "{boots}");
+    let message = boots["message"].as_str().unwrap();
+    eprintln!("kubelet::boots: {message}");
+    assert!(message.contains(quote), "{quote:?} not in {message}");
+    assert!(message.contains("console line"), "{message}");
+    let boot = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "boot")
+        .unwrap();
+    let secs = boot["duration_secs"].as_f64().unwrap();
+    assert!(
+        secs < within.as_secs_f64(),
+        "found after {secs:.0}s, not as it happened"
+    );
+    assert_eq!(
+        common::run_error(&o.path("junit.xml")).as_deref(),
+        Some("image")
+    );
+    let console = json["artifacts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("/console"))
+        .map(|(_, v)| o.path(v.as_str().unwrap()))
+        .expect("the console of the failed boot is kept");
+    assert!(std::fs::read_to_string(console).unwrap().contains(quote));
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    json
+}
+
 #[test]
-fn a_boot_failure_is_an_infrastructure_stop_with_the_console_kept() {
+fn an_image_that_cannot_boot_is_an_image_fault_quoting_the_console() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let layout = common::testbed("image/neg/kernel-panic", "root.qcow2");
+    // A kernel that panics.
     let o = out();
+    let layout = common::testbed("image/neg/kernel-panic", "root.qcow2");
+    let manifest = unsigned_manifest(&layout, o.dir.path());
+    let json = boot_fault(&o, &manifest, "Kernel panic", Duration::from_secs(120));
+    assert_eq!(json["properties"]["image.allow_unsigned"], "true");
+    assert_eq!(json["properties"]["image.signed"], "false");
+
+    let v1 = common::testbed("image/direct", "root.qcow2");
+    // A root device that does not exist: the initramfs gives up and offers its shell.
+    let o = out();
+    let manifest = unsigned_manifest_with(&v1, o.dir.path(), "root=/dev/vdz rootdelay=3");
+    boot_fault(&o, &manifest, "(initramfs)", Duration::from_secs(180));
+    // systemd's emergency mode, with root locked (as cloud images have it).
+    let o = out();
+    let manifest = unsigned_manifest_with(&v1, o.dir.path(), "systemd.unit=emergency.target");
+    boot_fault(&o, &manifest, "emergency", Duration::from_secs(240));
+}
+
+#[test]
+fn a_degraded_guest_fails_no_failed_units_by_name_and_the_other_checks_run() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    // A unit of the image fails at every boot.
+    let layout = common::testbed("image/neg/failed-unit", "root.qcow2");
     let manifest = unsigned_manifest(&layout, o.dir.path());
     let r = o.run_unsigned(
         &manifest,
         &common::repo("profiles/debian-fixture.toml"),
-        &["--suite", "containerd"],
+        &["--suite", "kubelet", "--skip-tag", "node"],
     );
-    assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
-    assert_eq!(json["verdict"], "error");
-    assert_eq!(json["stop"]["kind"], "infrastructure");
-    assert_eq!(json["stop"]["phase"], "boot");
     assert!(
-        json["stop"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("kernel panic"),
-        "{json}"
+        json["stop"].is_null(),
+        "a failed unit is a finding, not a stop: {json}"
     );
-    assert_eq!(json["properties"]["image.allow_unsigned"], "true");
-    assert_eq!(json["properties"]["image.signed"], "false");
-    assert_eq!(json["summary"]["not_run"], json["summary"]["total"]);
-    let console = o
-        .path("artifacts")
-        .read_dir()
+    let units = check_in(&json, "id", "kubelet::no_failed_units");
+    assert_eq!(units["status"], "failed", "{units}");
+    let message = units["message"].as_str().unwrap();
+    assert!(message.contains("nodegate-broken.service"), "{message}");
+    assert!(
+        message.contains("failing on purpose"),
+        "its journal: {message}"
+    );
+    for id in [
+        "kubelet::boots",
+        "kubelet::version",
+        "kubelet::swap_off",
+        "kubelet::sysctls",
+        "kubelet::kernel_modules",
+    ] {
+        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
+    }
+    assert_eq!(common::run_error(&o.path("junit.xml")), None);
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+#[test]
+fn a_restarted_kubelet_that_never_serves_fails_recovers_from_kill() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let layout = common::testbed("image/neg/kubelet-stuck-restart", "root.qcow2");
+    let manifest = unsigned_manifest(&layout, o.dir.path());
+    let r = o.run_unsigned(
+        &manifest,
+        &common::repo("profiles/debian-fixture.toml"),
+        &[
+            "--suites",
+            &common::repo("tests/data/kubelet-recovery.toml"),
+            "--suite",
+            "recovery",
+            "--control-plane",
+            "local",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    let c = check_in(&json, "id", "recovery::kubelet_serves_after_kill");
+    assert_eq!(c["status"], "failed", "{c}");
+    let m = c["message"].as_str().unwrap();
+    // A new, active PID: the old check passed here. The Lease says it does not serve.
+    assert!(m.contains("runs but does not serve the API server"), "{m}");
+    let out = c["attempts"][0]["output"].as_str().unwrap();
+    assert!(
+        out.contains("killed, PID") && out.contains("active after"),
+        "{out}"
+    );
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+#[test]
+fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let state = tempfile::tempdir().unwrap();
+    let mut args = o.args();
+    args.extend([
+        "--suites".into(),
+        common::repo("suites"),
+        "--suite".into(),
+        "kubelet".into(),
+        "--control-plane".into(),
+        "local".into(),
+    ]);
+    let mut child = common::nodegate()
+        .args(&args)
+        .current_dir(o.dir.path())
+        .env("NODEGATE_STATE", state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while report_at(&o.path("report.json")).is_none_or(|r| leftover_qemus(&r) == 0) {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the run never booted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // 30 s into the boot, as the issue tried it.
+    std::thread::sleep(Duration::from_secs(30));
+    let report = o.json();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its processes die with it: QEMU and the control plane (they carry the state dir).
+    let needle = state.path().display().to_string();
+    let t = Instant::now();
+    loop {
+        let left = leftover_qemus(&report)
+            + [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ]
+            .iter()
+            .map(|c| processes_with(c, &needle))
+            .sum::<usize>();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{left} processes outlived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Files remain (nothing can remove them at SIGKILL): the control plane's keys...
+    let run = run_folder(state.path()).expect("the killed run's folder");
+    assert!(run.join("control-plane/pki/ca.key").is_file());
+    assert_eq!(o.json()["verdict"], "running");
+    // ...until the next nodegate finds them.
+    let out = common::nodegate()
+        .arg("doctor")
+        .env("NODEGATE_STATE", state.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("removed the folder of a killed nodegate run"),
+        "{stdout}"
+    );
+    assert!(!run.exists(), "doctor removed the killed run's folder");
+    let json = o.json();
+    assert_eq!(json["verdict"], "killed");
+    assert_eq!(json["stop"]["kind"], "killed");
+    assert_eq!(
+        common::run_error(&o.path("junit.xml")).as_deref(),
+        Some("killed")
+    );
+}
+
+/// Processes named `name` whose command line mentions `needle`.
+fn processes_with(name: &str, needle: &str) -> usize {
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .find_map(|e| {
-            let p = e.path().join("console.log");
-            p.is_file().then_some(p)
-        });
-    let console = console.expect("the console of the failed boot is kept");
-    assert!(std::fs::read_to_string(console)
-        .unwrap()
-        .contains("Kernel panic"));
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.split(' ').next().is_some_and(|p| p.ends_with(name)) && c.contains(needle))
+        .count()
 }
 
 #[test]
@@ -519,17 +929,84 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     let short = profile.replace("join = \"600s\"", "join = \"120s\"");
     assert_ne!(short, profile, "the profile's join budget moved");
     std::fs::write(o.path("profile.toml"), short).unwrap();
-    let r = o.run_unsigned(
-        &manifest,
-        "profile.toml",
-        &["--suite", "kubelet", "--control-plane", "local"],
-    );
+    // kind and docker on PATH (stand-ins that answer): `auto` still picks the local
+    // control plane, the one proven here, and says why.
+    let bin = o.path("stub-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["kind", "docker"] {
+        let p = bin.join(tool);
+        std::fs::write(
+            &p,
+            "#!/bin/sh\necho \"$0 $*\" >> \"$(dirname \"$0\")/calls\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let suites = common::repo("suites");
+    let r = {
+        let out = common::nodegate()
+            .args([
+                "run",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--allow-unsigned",
+                "--profile",
+                "profile.toml",
+                "--suites",
+                &suites,
+                "--accel",
+                "tcg",
+                "--json",
+                "report.json",
+                "--junit",
+                "junit.xml",
+                "--artifacts",
+                "artifacts",
+                "--suite",
+                "kubelet",
+                "--control-plane",
+                "auto",
+            ])
+            .current_dir(o.dir.path())
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        common::Run {
+            code: out.status.code().unwrap(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
     // An image fault: checks failed (1), not an infrastructure error (5).
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
+    assert_eq!(json["properties"]["control_plane"], "local");
+    let why = json["properties"]["control_plane.reason"].as_str().unwrap();
+    assert!(why.contains("only when asked for by name"), "{why}");
+    assert!(
+        !bin.join("calls").exists(),
+        "kind and docker were not even asked"
+    );
     assert_eq!(json["verdict"], "failed");
     assert_eq!(json["stop"]["kind"], "node");
     assert_eq!(json["stop"]["phase"], "join");
+    assert_eq!(
+        common::run_error(&o.path("junit.xml")).as_deref(),
+        Some("node")
+    );
+    // A budget is a budget: the join of 120 s ends within it and a small grace (log
+    // collection included), not three times over.
+    let join = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "join")
+        .unwrap()["duration_secs"]
+        .as_f64()
+        .unwrap();
+    assert!(join < 180.0, "a 120 s join budget took {join:.0}s");
     let ready = check_in(&json, "id", "kubelet::node_ready");
     assert_eq!(ready["status"], "failed", "{ready}");
     let message = ready["message"].as_str().unwrap();
@@ -544,6 +1021,8 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     }
     // The guest checks ran before the join; the other node checks did not run, saying why.
     for id in [
+        "kubelet::boots",
+        "kubelet::no_failed_units",
         "kubelet::version",
         "kubelet::swap_off",
         "kubelet::no_baked_ssh_host_keys",
@@ -631,11 +1110,21 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
         "agent::registers",
         "integrity::guest_files",
         "integrity::containerd_executable",
+        "containerd::runc_version",
         "kubelet::swap_off",
         "kubelet::sysctls",
     ] {
         assert_eq!(status(id), "failed", "{id} must catch the fault");
     }
+    // The altered runc no longer has the manifest's digest: its version is not believed.
+    let runc = check_in(&json, "id", "containerd::runc_version");
+    assert!(
+        runc["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not the binary the manifest lists"),
+        "{runc}"
+    );
     // What the faults do not touch still passes: the checks are specific.
     for id in [
         "containerd::version",
@@ -692,7 +1181,7 @@ fn a_tampered_bundle_is_refused_and_the_node_stays_on_v1() {
     assert_eq!(in_place["status"], "failed");
     let m = in_place["message"].as_str().unwrap();
     assert!(
-        m.contains("nothing applied, the node stays on Kubernetes v1.20.2, nodegate-agent 1.0.0"),
+        m.contains("nothing applied, the node stays on kubelet v1.20.2"),
         "{m}"
     );
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");

@@ -71,12 +71,25 @@ fn run_boot(args: &[String]) -> common::Run {
 }
 
 /// A small valid qcow2 with nothing bootable, for tests that fail before the guest runs.
+/// A 64 MiB qcow2 holding only an empty MBR: bootable-looking to nodegate's disk check,
+/// so the failure under test is the one that follows (a taken port, KVM, memory...).
 fn blank_qcow2(dir: &Path) -> PathBuf {
+    let raw = dir.join("blank.raw");
+    let mut mbr = vec![0u8; 512];
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    fs::write(&raw, &mbr).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let p = dir.join("blank.qcow2");
     let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
         .arg(&p)
-        .arg("64M")
         .status()
         .expect("qemu-img runs");
     assert!(st.success());
@@ -376,12 +389,16 @@ fn a_missing_image_is_named() {
 }
 
 #[test]
-fn a_file_that_is_not_a_disk_image_is_refused() {
+fn a_file_with_nothing_to_boot_is_an_image_fault_before_qemu_starts() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("notes.txt");
     fs::write(&p, "just some text\n".repeat(100)).unwrap();
     let r = run_boot(&["boot".into(), p.display().to_string()]);
-    common::assert_refused(&r, BAD_INPUT, "notes.txt", "not a usable disk image");
+    common::assert_refused(&r, 1, "notes.txt", "nothing could boot from it");
+    let tiny = dir.path().join("tiny.img");
+    fs::write(&tiny, "x").unwrap();
+    let r = run_boot(&["boot".into(), tiny.display().to_string()]);
+    common::assert_refused(&r, BAD_INPUT, "tiny.img", "not a usable disk image");
 }
 
 #[test]

@@ -90,9 +90,11 @@ struct DeleteOnError {
 impl Drop for DeleteOnError {
     fn drop(&mut self) {
         if self.armed {
-            let _ = Command::new(&self.kind)
-                .args(["delete", "cluster", "--name", &self.name])
-                .output();
+            let _ = crate::process::run_bounded(
+                Command::new(&self.kind).args(["delete", "cluster", "--name", &self.name]),
+                None,
+                std::time::Duration::from_secs(120),
+            );
         }
     }
 }

@@ -296,7 +296,16 @@ impl Default for Budgets {
 impl Profile {
     /// Reads a profile file.
     pub fn load(path: &Path) -> Result<Profile, ConfigError> {
-        let p: Profile = config_file::load(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Profile::parse(path, &text)
+    }
+
+    /// Parses and checks a profile's text (read from `path`, for messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Profile, ConfigError> {
+        let p: Profile = config_file::parse(path, text)?;
         p.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,

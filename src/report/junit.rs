@@ -251,15 +251,24 @@ pub enum MergeError {
 /// Merges shard reports: testsuites of the same name are combined; a testcase present
 /// in two files is an error (shards must not overlap).
 pub fn merge(paths: &[PathBuf]) -> Result<Report, MergeError> {
-    let mut out = Report::new("nodegate");
-    let mut suites: Vec<TestSuite> = Vec::new();
-    let mut total = Duration::ZERO;
+    let mut texts = Vec::new();
     for p in paths {
         let text = std::fs::read_to_string(p).map_err(|source| MergeError::Read {
             path: p.clone(),
             source,
         })?;
-        let r = Report::deserialize_from_str(&text).map_err(|e| MergeError::Parse {
+        texts.push((p.clone(), text));
+    }
+    merge_texts(&texts)
+}
+
+/// [`merge`] of JUnit texts already read, each with the path it came from.
+pub fn merge_texts(inputs: &[(PathBuf, String)]) -> Result<Report, MergeError> {
+    let mut out = Report::new("nodegate");
+    let mut suites: Vec<TestSuite> = Vec::new();
+    let mut total = Duration::ZERO;
+    for (p, text) in inputs {
+        let r = Report::deserialize_from_str(text).map_err(|e| MergeError::Parse {
             path: p.clone(),
             message: e.to_string(),
         })?;

@@ -29,8 +29,12 @@ pub fn keep_console(vm: &Vm, artifacts: &Path, name: &str, emit: &mut dyn FnMut(
     }
 }
 
+/// How long collecting a guest's logs may take in all, after a failure.
+pub const LOG_BUDGET: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Saves the journal and the kubelet, containerd and agent logs of the guest into
-/// `artifacts/NAME/` (best effort: a dead guest yields what it can).
+/// `artifacts/NAME/` (best effort, within [`LOG_BUDGET`]: a dead guest yields what it
+/// can; after Ctrl-C nothing is collected).
 pub fn collect_logs(
     m: &mut Machine,
     artifacts: &Path,
@@ -67,8 +71,13 @@ pub fn collect_logs(
         ),
     ];
     let name = m.name.clone();
+    let deadline = std::time::Instant::now() + LOG_BUDGET;
     for (what, file, cmd) in jobs {
-        if let Ok(o) = m.ssh().exec(&cmd, Duration::from_secs(60)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if crate::interrupt::interrupted() || left < Duration::from_secs(1) {
+            break;
+        }
+        if let Ok(o) = m.ssh().exec(&cmd, left) {
             keep(
                 &dir,
                 file,
@@ -89,7 +98,7 @@ pub fn unit_diagnosis(m: &mut Machine, unit: &str) -> Result<String, crate::ssh:
         "systemctl show -p ActiveState,SubState,NRestarts {q} | paste -sd' '; \
          sudo journalctl -b -o cat --no-pager -u {q} | grep -E '^(Error|error)[: ]|^[EF][0-9]{{4}} |unknown flag' | tail -n 1"
     );
-    let o = m.ssh().exec(&cmd, Duration::from_secs(20))?;
+    let o = m.ssh().exec(&cmd, Duration::from_secs(10))?;
     let mut lines = o.stdout.lines();
     // `KEY=VALUE` pairs, in systemd's order rather than ours.
     let state: std::collections::BTreeMap<&str, &str> = lines

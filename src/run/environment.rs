@@ -393,7 +393,7 @@ impl<'c> NodeEnvironment<'c> {
                     // A kubelet that registers late would leave a Node behind.
                     let _ = m.ssh().exec(
                         &format!("sudo systemctl stop {}", shell_quote(unit)),
-                        Duration::from_secs(30),
+                        Duration::from_secs(10),
                     );
                     let _ = cp.kubectl.delete("node", None, &m.name);
                     let logs = machine_dir(&artifacts_dir, &m.name).join("kubelet.log");

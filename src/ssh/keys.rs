@@ -24,16 +24,16 @@ impl SshKeyPair {
 pub fn generate_keypair(path: &Path, comment: &str) -> Result<SshKeyPair, String> {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("pub"));
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("ssh-keygen (install openssh-client): {e}"))?;
+    let mut c = Command::new("ssh-keygen");
+    c.args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path);
+    let out = crate::process::run_bounded(&mut c, None, std::time::Duration::from_secs(30))
+        .map_err(|e| format!("{e} (install openssh-client)"))?;
     if !out.status.success() {
         return Err(format!(
             "ssh-keygen -f {}: {}",
             path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr_text().trim()
         ));
     }
     let mut pub_path = path.as_os_str().to_owned();

@@ -206,10 +206,10 @@ pub fn failed_units(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(),
     for u in units.iter().take(5) {
         let j = attempt.exec_root(
             g.ssh,
-            &format!("journalctl -b --no-pager -o cat -n 3 -u {}", shell_quote(u)),
+            &format!("journalctl -b --no-pager -o cat -n 6 -u {}", shell_quote(u)),
         )?;
         let last: Vec<&str> = j.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-        let text: String = last.join(" | ").chars().take(300).collect();
+        let text: String = last.join(" | ").chars().take(500).collect();
         excerpts.push(format!("{u}: {text:?}"));
     }
     Err(Failure::mismatch(

@@ -158,9 +158,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<SuiteDef>, ConfigError> {
     }
     let mut suites: Vec<SuiteDef> = Vec::new();
     for f in files {
-        let mut s: SuiteDef = config_file::load(&f)?;
-        s.path = f.clone();
-        validate(&s)?;
+        let text = std::fs::read_to_string(&f).map_err(|source| ConfigError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        let s = parse(&f, &text)?;
         if let Some(other) = suites.iter().find(|o| o.name == s.name) {
             return Err(invalid(
                 &f,
@@ -174,6 +176,14 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<SuiteDef>, ConfigError> {
         suites.push(s);
     }
     Ok(suites)
+}
+
+/// Parses and checks one suite file's text (read from `path`, for messages).
+pub fn parse(path: &Path, text: &str) -> Result<SuiteDef, ConfigError> {
+    let mut s: SuiteDef = config_file::parse(path, text)?;
+    s.path = path.to_owned();
+    validate(&s)?;
+    Ok(s)
 }
 
 fn invalid(path: &Path, message: String) -> ConfigError {

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use crate::message::one_line;
+
 /// Why a TOML configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", one_line(&path.display().to_string()))]
     Read {
         /// The file.
         path: PathBuf,
@@ -17,7 +19,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not valid TOML, an unknown key, a missing key or a value of the wrong type.
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{}:{line}:{column}: {}", one_line(&path.display().to_string()), one_line(message))]
     Parse {
         /// The file.
         path: PathBuf,
@@ -29,7 +31,7 @@ pub enum ConfigError {
         message: String,
     },
     /// Parsed, but the content makes no sense (a duplicate name, an empty field).
-    #[error("{path}: {message}")]
+    #[error("{}: {}", one_line(&path.display().to_string()), one_line(message))]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -53,7 +55,7 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
     toml::from_str(text).map_err(|e| {
         let offset = e.span().map(|s| s.start);
         let (line, column) = offset.map(|o| line_column(text, o)).unwrap_or((1, 1));
-        let message = e.message().trim().replace('\n', " ");
+        let message = e.message().trim().to_string();
         let message = match offset.and_then(|o| key_at(text, o)) {
             Some(key) => format!("{key}: {message}"),
             None => message,

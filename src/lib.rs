@@ -24,6 +24,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod image;
 pub mod interrupt;
+pub mod message;
 pub mod process;
 pub mod profile;
 pub mod report;

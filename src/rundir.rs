@@ -113,6 +113,7 @@ impl RunDir {
         private_dir(&root)?;
         let path = tempfile::Builder::new()
             .prefix("run-")
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir_in(&root)?
             .keep();
         let lock_file = fs::OpenOptions::new()
@@ -321,6 +322,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::env::set_var("NODEGATE_STATE", root.path());
         let live = RunDir::create("run", None, None).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(live.path()).unwrap().mode() & 0o777, 0o700);
         fs::write(live.path().join("overlay.qcow2"), vec![1u8; 8192]).unwrap();
         assert!(reap(root.path()).is_empty(), "a live run was reaped");
         // A dead run: its folder and record, nobody holding the lock.

@@ -123,7 +123,7 @@ pub struct GuestFile {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
     /// Not JSON, or JSON of the wrong shape (unknown or missing fields).
-    #[error("malformed manifest JSON: {0}")]
+    #[error("malformed manifest JSON: {}", crate::message::one_line(.0))]
     Json(String),
     /// `schema_version` is missing or not one this nodegate reads.
     #[error("unsupported schema_version {found} (this nodegate reads {SCHEMA_VERSION})")]
@@ -132,7 +132,7 @@ pub enum ManifestError {
         found: String,
     },
     /// Well-formed JSON whose values break a rule of the format.
-    #[error("invalid manifest: {0}")]
+    #[error("invalid manifest: {}", crate::message::one_line(.0))]
     Invalid(String),
 }
 
@@ -189,17 +189,17 @@ impl Manifest {
         }
         let mut seen = std::collections::BTreeSet::new();
         for a in &self.artifacts {
-            check_sha256(&format!("artifact {}", a.path), &a.sha256)?;
+            check_sha256(&format!("artifact {:?}", a.path), &a.sha256)?;
             relative_artifact_path(&a.path)?;
             if !seen.insert(&a.path) {
-                return invalid(format!("artifact {} is listed twice", a.path));
+                return invalid(format!("artifact {:?} is listed twice", a.path));
             }
         }
         for f in &self.files {
             if !f.path.starts_with('/') {
                 return invalid(format!("guest file {:?} is not an absolute path", f.path));
             }
-            check_sha256(&format!("guest file {}", f.path), &f.sha256)?;
+            check_sha256(&format!("guest file {:?}", f.path), &f.sha256)?;
         }
         Ok(())
     }

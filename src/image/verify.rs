@@ -110,7 +110,7 @@ pub enum VerifyError {
         min_version: u64,
     },
     /// An artifact path leaves the manifest's folder (through `..` or a symbolic link).
-    #[error("{path}: artifact {artifact} leaves the manifest's folder {folder}")]
+    #[error("{path}: artifact {artifact:?} leaves the manifest's folder {folder}")]
     ArtifactEscapes {
         /// The manifest.
         path: PathBuf,

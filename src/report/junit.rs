@@ -227,7 +227,7 @@ pub enum MergeError {
         source: std::io::Error,
     },
     /// A file is not JUnit XML.
-    #[error("{path}: not JUnit XML: {message}")]
+    #[error("{}: not JUnit XML: {}", path.display(), crate::message::one_line(message))]
     Parse {
         /// The file.
         path: PathBuf,
@@ -236,7 +236,10 @@ pub enum MergeError {
     },
     /// The same check appears in two shards.
     #[error(
-        "{path}: testcase {suite}::{case} also appears in an earlier file (overlapping shards)"
+        "{}: testcase {}::{} also appears in an earlier file (overlapping shards)",
+        path.display(),
+        crate::message::one_line(suite),
+        crate::message::one_line(case)
     )]
     Duplicate {
         /// The file.
@@ -273,7 +276,14 @@ pub fn merge_texts(inputs: &[(PathBuf, String)]) -> Result<Report, MergeError> {
             message: e.to_string(),
         })?;
         total += r.time.unwrap_or_default();
-        for s in r.test_suites {
+        for mut s in r.test_suites {
+            // Attributes nodegate does not write are dropped: quick-junit writes unknown
+            // ones back as they came, and one whose name XML cannot carry would come out
+            // as a duplicate or nameless attribute no reader takes.
+            s.extra.clear();
+            for c in &mut s.test_cases {
+                c.extra.clear();
+            }
             match suites.iter_mut().find(|x| x.name == s.name) {
                 None => suites.push(s),
                 Some(into) => {

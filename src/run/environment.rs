@@ -345,22 +345,21 @@ impl<'c> NodeEnvironment<'c> {
             let token = cp
                 .create_token(jc.budget + Duration::from_secs(600))
                 .map_err(fail)?;
-            let remote = cp.provider == ProviderKind::Kubeconfig;
-            if remote {
-                rundir.note_remote(RemoteObject {
+            if cp.provider == ProviderKind::Kubeconfig {
+                // Someone else's cluster: what a killed run leaves there is recorded.
+                let object = |kind: &str, namespace: Option<&str>, name: String| RemoteObject {
                     kubectl: cp.kubectl.bin.clone(),
                     kubeconfig: cp.kubectl.kubeconfig.clone(),
-                    kind: "secret".into(),
-                    namespace: Some("kube-system".into()),
-                    name: token.token().secret_name(),
-                });
-                rundir.note_remote(RemoteObject {
-                    kubectl: cp.kubectl.bin.clone(),
-                    kubeconfig: cp.kubectl.kubeconfig.clone(),
-                    kind: "node".into(),
-                    namespace: None,
-                    name: m.name.clone(),
-                });
+                    kind: kind.into(),
+                    namespace: namespace.map(String::from),
+                    name,
+                };
+                rundir.note_remote(object(
+                    "secret",
+                    Some("kube-system"),
+                    token.token().secret_name(),
+                ));
+                rundir.note_remote(object("node", None, m.name.clone()));
             }
             match cluster::join(cp, &token, &mut m.ssh, &jc) {
                 Ok(node) => {

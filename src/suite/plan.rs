@@ -71,7 +71,7 @@ impl Check {
 
 /// A check that cannot be planned: names the suite file and the check.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: check `{check}`: {message}")]
+#[error("{}: check `{}`: {}", path.display(), crate::message::one_line(check), crate::message::one_line(message))]
 pub struct PlanError {
     /// The suite file.
     pub path: PathBuf,

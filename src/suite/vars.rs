@@ -58,6 +58,15 @@ fn substitute(
             Some(n) => (true, n.trim()),
             None => (false, name),
         };
+        let well_formed = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !well_formed {
+            return Err(format!(
+                "malformed variable {name:?} in {text:?}: names are letters, digits, `_`, `.` and `-`"
+            ));
+        }
         match vars.get(name) {
             Some(v) => out.push_str(&render(raw, v)),
             None => return Err(format!("unknown variable `${{{name}}}`")),
@@ -82,6 +91,8 @@ mod tests {
             "unknown variable `${a.c}`"
         );
         assert!(expand("${a.b", &vars).unwrap_err().contains("unclosed"));
+        let e = expand("${p\no}", &vars).unwrap_err();
+        assert!(e.contains("malformed variable") && !e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -490,3 +490,38 @@ fn a_tampered_or_foreign_bundle_fails_bundle_verified_before_boot() {
     let r = check_bundle(&Case::new(), "bundle-v2");
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn a_tampered_bundle_is_never_applied_and_nothing_boots_to_refuse_it() {
+    let signed = common::testbed("signed", "trust");
+    let c = Case::new();
+    let b = signed.join("neg/bundle-tampered/bundle.manifest.json");
+    let r = c.run(
+        "v1-direct",
+        &[
+            "--suite",
+            "hot-upgrade",
+            "--control-plane",
+            "local",
+            "--upgrade-bundle",
+            b.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let junit = c.junit();
+    assert!(failure(&junit, "hot-upgrade", "bundle_verified").contains("bundle refused"));
+    let m = failure(&junit, "hot-upgrade", "in_place");
+    assert!(
+        m.contains("nothing applied, the node stays on kubelet v1.20.2"),
+        "{m}"
+    );
+    // The outcome was decided before boot: no control plane, no VM.
+    let json = c.json();
+    let phases: Vec<&str> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["verify"], "{phases:?}");
+}

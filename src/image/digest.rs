@@ -71,6 +71,12 @@ pub fn copy_hashed<R: Read>(mut src: R, dst: &mut File) -> io::Result<FileDigest
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
+        if crate::interrupt::interrupted() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "interrupted by a signal",
+            ));
+        }
         // Fill the buffer (short reads happen on pipes), so holes are block-aligned.
         let mut n = 0;
         while n < buf.len() {

@@ -256,14 +256,13 @@ fn version_flag() -> Vec<Word> {
 impl ComponentProfile {
     /// The compiled `version_pattern` (checked at load time).
     pub fn pattern(&self) -> Result<regex::Regex, String> {
-        let re = regex::Regex::new(&format!("(?m){}", self.version_pattern))
-            .map_err(|e| {
-                format!(
-                    "version_pattern {:?}: {}",
-                    self.version_pattern,
-                    crate::message::one_line(&e.to_string())
-                )
-            })?;
+        let re = regex::Regex::new(&format!("(?m){}", self.version_pattern)).map_err(|e| {
+            format!(
+                "version_pattern {:?}: {}",
+                self.version_pattern,
+                crate::message::one_line(&e.to_string())
+            )
+        })?;
         if re.captures_len() < 2 {
             return Err(format!(
                 "version_pattern {:?} has no capture group for the version",

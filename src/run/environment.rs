@@ -473,6 +473,10 @@ impl<'c> NodeEnvironment<'c> {
 }
 
 impl Environment for NodeEnvironment<'_> {
+    fn decided(&mut self, check: &Check) -> Option<Failure> {
+        check.decided(&self.verification, self.bundle.as_ref())
+    }
+
     fn prepare(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
         if need == Need::Manifest {
             return Ok(());

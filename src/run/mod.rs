@@ -368,6 +368,8 @@ pub fn execute(
         }
         None => None,
     };
+    // A signal during verification leaves it unfinished; the runner then reports every
+    // check as not run and the run as interrupted.
     let verify_time = started.elapsed();
     let manifest = manifest_for_vars(config, &verification);
     let mut vars = config.profile.variables();

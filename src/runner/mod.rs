@@ -25,6 +25,11 @@ pub trait Environment {
     fn run(&mut self, check: &Check, attempt: &mut Attempt) -> Result<(), Failure>;
     /// Collects logs after a failed check.
     fn on_failure(&mut self, check: &Check, emit: &mut dyn FnMut(Event));
+    /// A failure decided before anything is prepared for `check` (a hot upgrade whose
+    /// bundle was refused: no VM is booted to refuse it). `None`: run it.
+    fn decided(&mut self, _check: &Check) -> Option<Failure> {
+        None
+    }
 }
 
 /// How the runner treats failures.
@@ -187,6 +192,16 @@ fn run_one(
 ) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| (stopped(c, &s, false), Some(s));
     let mut rec = record(c, Status::Failed, None);
+    if let Some(failure) = env.decided(c) {
+        emit(Event::CheckStarted { id: c.id() });
+        rec.started = Some(SystemTime::now());
+        rec.attempts.push(AttemptRecord {
+            duration: std::time::Duration::ZERO,
+            failure: Some(failure),
+            transcript: String::new(),
+        });
+        return (rec, None);
+    }
     for n in 1..=options.retries + 1 {
         let prepared = if c.destructive {
             env.prepare_fresh(c.need, emit)

@@ -33,6 +33,7 @@ struct Scripted {
     released: usize,
     failures_seen: Vec<String>,
     panic_on: Option<String>,
+    decided: Option<String>,
 }
 
 impl Environment for Scripted {
@@ -66,6 +67,9 @@ impl Environment for Scripted {
     }
     fn on_failure(&mut self, c: &Check, _: &mut dyn FnMut(Event)) {
         self.failures_seen.push(c.id());
+    }
+    fn decided(&mut self, c: &Check) -> Option<Failure> {
+        (self.decided.as_deref() == Some(c.name.as_str())).then(|| Failure::new("refused"))
     }
 }
 
@@ -284,4 +288,22 @@ fn a_panicking_check_fails_and_the_run_goes_on() {
         .message
         .contains("check panicked: boom"));
     assert_eq!(r[1].status, Status::Passed);
+}
+
+#[test]
+fn a_check_decided_before_boot_fails_without_preparing_anything() {
+    let mut env = Scripted {
+        decided: Some("upgrade".into()),
+        ..Scripted::default()
+    };
+    let checks = [check("upgrade", Need::Node, true)];
+    let (code, recs) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, crate::exit::CHECKS_FAILED);
+    assert_eq!(recs[0].status, Status::Failed);
+    assert_eq!(recs[0].failure().unwrap().message, "refused");
+    assert!(
+        env.prepared.is_empty(),
+        "nothing was booted: {:?}",
+        env.prepared
+    );
 }

@@ -34,8 +34,12 @@ pub struct CommandCheck {
 
 /// Compiles a pattern in multi-line mode.
 pub fn regex(p: &str) -> Result<Regex, String> {
-    Regex::new(&format!("(?m){p}"))
-        .map_err(|e| format!("bad pattern {p:?}: {}", crate::message::one_line(&e.to_string())))
+    Regex::new(&format!("(?m){p}")).map_err(|e| {
+        format!(
+            "bad pattern {p:?}: {}",
+            crate::message::one_line(&e.to_string())
+        )
+    })
 }
 
 /// Follows a dotted path (`a.b.0.c`) into JSON; scalars come back as text.

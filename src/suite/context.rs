@@ -142,8 +142,12 @@ impl Attempt {
         }
     }
 
-    /// Time left before the deadline.
+    /// Time left before the deadline; none once SIGINT or SIGTERM arrived, so that every
+    /// loop of a check ends at once.
     pub fn remaining(&self) -> Duration {
+        if crate::interrupt::interrupted() {
+            return Duration::ZERO;
+        }
         self.deadline.saturating_duration_since(Instant::now())
     }
 

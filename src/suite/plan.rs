@@ -60,6 +60,21 @@ impl Check {
         matches!(&self.kind, CheckKind::Builtin(b) if b.name == "guest-boots")
     }
 
+    /// The failure this check would end with whatever the node does, known before
+    /// anything boots (a hot upgrade whose bundle was refused), if there is one.
+    pub fn decided(
+        &self,
+        verification: &super::Verification,
+        bundle: Option<&super::Verification>,
+    ) -> Option<Failure> {
+        match &self.kind {
+            CheckKind::Builtin(b) if b.name == "hot-upgrade" => {
+                super::upgrade_checks::refused(verification, bundle)
+            }
+            _ => None,
+        }
+    }
+
     /// Runs one attempt.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         match &self.kind {

@@ -45,6 +45,21 @@ pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<
     Ok(())
 }
 
+/// The failure of a hot upgrade whose bundle is not verified: decided before boot, and
+/// nothing is applied. Names the kubelet the node stays on.
+pub(super) fn refused(image: &Verification, bundle: Option<&Verification>) -> Option<Failure> {
+    let why = verified(bundle).err()?;
+    let stays = match image.manifest().and_then(|m| m.components.get("kubelet")) {
+        Some(k) => format!("; nothing applied, the node stays on kubelet {k}"),
+        None => "; nothing applied".into(),
+    };
+    Some(Failure::mismatch(
+        format!("{why}{stays}"),
+        "a verified bundle, applied",
+        "refused",
+    ))
+}
+
 /// What is recorded before and compared after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
@@ -139,24 +154,14 @@ pub fn hot_upgrade(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let budget = b.duration("ready_budget").map_err(Failure::new)?;
-    let (profile, bundle, image) = (env.profile, env.bundle, env.verification.manifest());
+    let (profile, bundle) = (env.profile, env.bundle);
+    let (env_verification, env_bundle) = (env.verification, env.bundle);
     let member = env.member()?;
     let (kubectl, node) = (member.kubectl, member.node.name().to_string());
     let g = env.guest()?;
     let bundle = match verified(bundle) {
         Ok(v) => v,
-        Err(why) => {
-            let stays = match image.and_then(|m| m.components.get("kubelet")) {
-                Some(k) => format!("; nothing applied, the node stays on kubelet {k}"),
-                None => "; nothing applied".into(),
-            };
-            attempt.note(format!("not applied: {why}"));
-            return Err(Failure::mismatch(
-                format!("{why}{stays}"),
-                "a verified bundle, applied",
-                "refused",
-            ));
-        }
+        Err(_) => return Err(refused(env_verification, env_bundle).expect("refused")),
     };
     let targets = bundle_targets(profile, bundle)?;
     let want_kubelet = bundle.manifest.components["kubelet"].clone();

@@ -251,8 +251,11 @@ pub fn vars(data: &[u8]) {
     }
 }
 
+/// One target: its name and the function a fuzz input goes through.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets by name, for the regression test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("manifest", manifest),
     ("profile", profile),
     ("suite", suite),

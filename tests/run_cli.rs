@@ -392,6 +392,12 @@ fn a_suite_with_an_unknown_variable_is_refused_before_boot() {
     );
     let r = c.run("v1-direct", &["--suites", &s]);
     common::assert_refused(&r, 3, "y.toml:6:", "unknown field `stdout_has`");
+    let s = c.write(
+        "suites/z.toml",
+        "name = \"z\"\n[[check]]\nname = \"u\"\ndescription = \"d\"\nbuiltin = \"service-active\"\nparams = { unit = \"kubelet.service; reboot\" }\n",
+    );
+    let r = c.run("v1-direct", &["--suites", &s]);
+    common::assert_refused(&r, 3, "z.toml: check `u`", "param `unit`: unit name");
 }
 
 #[test]

@@ -281,6 +281,17 @@ impl Builtin {
 
     /// Checks parameter values once variables are expanded.
     pub fn validate_values(&self) -> Result<(), String> {
+        // Values that reach the guest's shell or a path are typed, whatever the builtin.
+        use crate::profile::{GuestPath, UnitName, Word};
+        let typed = |key: &str, check: fn(&str) -> Result<(), String>| -> Result<(), String> {
+            match self.params.get(key) {
+                Some(v) => check(v).map_err(|e| format!("param `{key}`: {e}")),
+                None => Ok(()),
+            }
+        };
+        typed("unit", |v| UnitName::try_from(v).map(|_| ()))?;
+        typed("path", |v| GuestPath::try_from(v).map(|_| ()))?;
+        typed("component", |v| Word::try_from(v).map(|_| ()))?;
         match self.name.as_str() {
             "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
             "image-files-absent" => image_checks::patterns(self.param("paths")).map(|_| ()),
@@ -314,6 +325,17 @@ impl Builtin {
         }
     }
 
+    #[cfg(test)]
+    fn with(name: &str, params: &[(&str, &str)]) -> Builtin {
+        Builtin {
+            name: name.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     /// Runs the check.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         match self.name.as_str() {
@@ -341,5 +363,29 @@ impl Builtin {
             "hot-upgrade" => upgrade_checks::hot_upgrade(self, env, attempt),
             other => Err(Failure::new(format!("unknown builtin `{other}`"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Builtin;
+
+    #[test]
+    fn unit_path_and_component_params_are_typed_after_expansion() {
+        let ok = Builtin::with("service-active", &[("unit", "kubelet.service")]);
+        assert!(ok.validate_values().is_ok());
+        let bad = Builtin::with("service-active", &[("unit", "kubelet.service; reboot")]);
+        let e = bad.validate_values().unwrap_err();
+        assert!(e.starts_with("param `unit`: unit name"), "{e}");
+        let bad = Builtin::with(
+            "process-exe",
+            &[("unit", "kubelet.service"), ("path", "../kubelet")],
+        );
+        assert!(bad.validate_values().unwrap_err().contains("param `path`"));
+        let bad = Builtin::with("component-version", &[("component", "a b")]);
+        assert!(bad
+            .validate_values()
+            .unwrap_err()
+            .contains("param `component`"));
     }
 }

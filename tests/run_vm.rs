@@ -557,6 +557,7 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
     unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
     let output = c.wait_with_output().unwrap();
     let took = sent.elapsed();
+    eprintln!("Ctrl-C during `sleep 600`: the run ended after {took:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(130), "{stdout}");
     assert!(
@@ -612,6 +613,10 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
     std::thread::sleep(Duration::from_millis(100));
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let output = child.wait_with_output().unwrap();
+    eprintln!(
+        "Ctrl-C twice during the boot: the run ended after {:?}",
+        sent.elapsed()
+    );
     assert_eq!(output.status.code(), Some(130));
     assert!(
         sent.elapsed() < Duration::from_secs(10),
@@ -710,6 +715,7 @@ fn boot_fault(o: &Out, manifest: &Path, quote: &str, within: Duration) -> serde_
         .find(|p| p["name"] == "boot")
         .unwrap();
     let secs = boot["duration_secs"].as_f64().unwrap();
+    eprintln!("{quote:?} found {secs:.1}s into the boot");
     assert!(
         secs < within.as_secs_f64(),
         "found after {secs:.0}s, not as it happened"

@@ -216,6 +216,7 @@ pub fn diagnose() -> Vec<Finding> {
         prevents: "overlays and artifacts (4 GiB wanted)",
         required: false,
     });
+    out.extend(network_findings(&crate::network::probe()));
     // What killed runs left behind: found, reported and removed.
     let root = crate::rundir::root();
     let stale = crate::rundir::reap(&root);
@@ -235,4 +236,43 @@ pub fn diagnose() -> Vec<Finding> {
         required: false,
     });
     out
+}
+
+/// The run network this machine gets, and the link faults it could inject.
+fn network_findings(p: &crate::network::Probe) -> Vec<Finding> {
+    let bridge = Finding {
+        item: "run network",
+        ok: true,
+        detail: match &p.bridge {
+            Ok(()) => "user: each VM behind its own QEMU NAT (a namespace of nodegate's own \
+                       with a bridge and taps can be made here; runs do not use it yet)"
+                .into(),
+            Err(e) => format!("user: each VM behind its own QEMU NAT ({e})"),
+        },
+        prevents: "",
+        required: false,
+    };
+    let (can, cannot): (Vec<_>, Vec<_>) = p.faults.iter().partition(|(_, r)| r.is_ok());
+    let describe = |v: &[&(crate::network::LinkFault, Result<String, String>)]| {
+        v.iter()
+            .map(|(f, r)| match r {
+                Ok(how) | Err(how) => format!("{} ({how})", f.name()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let faults = Finding {
+        item: "link faults",
+        ok: cannot.is_empty(),
+        detail: if cannot.is_empty() {
+            describe(&can)
+        } else if can.is_empty() {
+            format!("none: {}", describe(&cannot))
+        } else {
+            format!("{}; not: {}", describe(&can), describe(&cannot))
+        },
+        prevents: "checks that inject the missing fault kinds on a node's link",
+        required: false,
+    };
+    vec![bridge, faults]
 }

@@ -13,6 +13,7 @@
 //!   primitive, and SIGINT/SIGTERM routing.
 //! - [`fsutil`], [`rundir`]: files written safely; each run's private folder, and the
 //!   clean-up after a killed run.
+//! - [`network`]: the run's own network namespace, and what this machine can do with it.
 //! - [`cli`]: the command-line front end.
 
 pub mod agent_endpoint;
@@ -25,6 +26,7 @@ pub mod fsutil;
 pub mod image;
 pub mod interrupt;
 pub mod message;
+pub mod network;
 pub mod process;
 pub mod profile;
 pub mod report;

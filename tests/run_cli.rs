@@ -434,6 +434,20 @@ fn doctor_reports_what_this_machine_can_do() {
         assert!(r.stdout.contains(item), "{item}: {}", r.stdout);
     }
     assert!(r.stdout.contains("QEMU emulator version"), "{}", r.stdout);
+    // This machine can make a namespace with a bridge; its kernel has no netem.
+    assert!(
+        r.stdout
+            .contains("a namespace of nodegate's own with a bridge and taps can be made"),
+        "{}",
+        r.stdout
+    );
+    let faults = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("link faults"))
+        .unwrap();
+    assert!(faults.contains("partition (link down)"), "{faults}");
+    assert!(faults.contains("bandwidth (tbf)"), "{faults}");
 }
 
 #[test]

@@ -1,0 +1,203 @@
+//! The run's own network namespace, against the real kernel: what it holds stays inside
+//! it, nodegate reaches into it, and nothing of it outlives a SIGKILL of its holder.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nodegate::network::Namespace;
+use nodegate::process::ProcessGroup;
+
+/// What the host's own namespace looks like: links, addresses, routes, named namespaces.
+fn host_network() -> String {
+    let mut out = String::new();
+    for args in [
+        &["-o", "link"][..],
+        &["-o", "addr"],
+        &["route"],
+        &["-6", "route"],
+    ] {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(o.status.success());
+        // Link counters and address lifetimes change on their own: keep the names.
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            out.push_str(
+                &line
+                    .split(" link/")
+                    .next()
+                    .unwrap()
+                    .replace(char::is_numeric, ""),
+            );
+            out.push('\n');
+        }
+    }
+    let named: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    out + &format!("named namespaces: {named:?}\n")
+}
+
+fn bridge_and_tap(ns: &Namespace) {
+    for args in [
+        &["link", "add", "br0", "type", "bridge"][..],
+        &["addr", "add", "10.77.0.1/24", "dev", "br0"],
+        &["link", "set", "br0", "up"],
+        &["tuntap", "add", "dev", "tap0", "mode", "tap"],
+        &["link", "set", "tap0", "master", "br0"],
+    ] {
+        ns.ip(args).unwrap();
+    }
+}
+
+#[test]
+fn a_bridge_and_tap_live_in_the_namespace_and_the_host_sees_none_of_it() {
+    let before = host_network();
+    let ns = Namespace::create().expect("tests run as root: a namespace can be made");
+    bridge_and_tap(&ns);
+    let links = ns.ip(&["-o", "link"]).unwrap();
+    assert!(links.contains("br0") && links.contains("tap0"), "{links}");
+    assert!(ns.ip(&["-o", "addr"]).unwrap().contains("10.77.0.1/24"));
+    assert_eq!(host_network(), before, "the host's namespace changed");
+
+    // A server inside the namespace: nodegate reaches it, the host's loopback does not.
+    let listener = ns
+        .within(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap()
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(b"inside\n").unwrap();
+    });
+    let mut s = ns.connect(addr, Duration::from_secs(5)).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "inside\n");
+    server.join().unwrap();
+    let outside = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(
+        outside.is_err(),
+        "the namespace's loopback is not the host's"
+    );
+
+    // A child started inside sees the namespace's links, not the host's.
+    let mut cmd = Command::new("ip");
+    cmd.args(["-o", "link"]);
+    let o = ns.enter(&mut cmd).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("tap0"));
+    drop(ns);
+    assert_eq!(host_network(), before);
+}
+
+#[test]
+fn two_namespaces_do_not_share_addresses() {
+    // The same range in two runs cannot collide: each namespace has its own.
+    let (a, b) = (Namespace::create().unwrap(), Namespace::create().unwrap());
+    assert_ne!(a.inode(), b.inode());
+    bridge_and_tap(&a);
+    bridge_and_tap(&b);
+    let listen = |ns: &Namespace| {
+        ns.within(|| TcpListener::bind(SocketAddr::from(([10, 77, 0, 1], 7000))))
+            .unwrap()
+            .unwrap()
+    };
+    let _l = (listen(&a), listen(&b));
+}
+
+/// Processes or descriptors, anywhere on the machine, that still hold namespace `inode`.
+fn holders(inode: u64) -> Vec<String> {
+    let want = format!("net:[{inode}]");
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = p.path();
+        if std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want) {
+            found.push(format!("{} lives in it", dir.display()));
+        }
+        for fd in std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want) {
+                found.push(format!("{} holds it", fd.path().display()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if mounts.contains(&want) {
+        found.push("a bind mount".into());
+    }
+    found
+}
+
+/// Not a test: the process `a_sigkilled_holder_leaves_no_namespace_process_or_link` kills.
+#[test]
+#[ignore = "run by a_sigkilled_holder_leaves_no_namespace_process_or_link in a child"]
+fn holder() {
+    let ns = Namespace::create().unwrap();
+    bridge_and_tap(&ns);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600");
+    let sleeper = ProcessGroup::spawn("sleep", ns.enter(&mut cmd)).unwrap();
+    println!("ready {} {}", ns.inode(), sleeper.pid());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_sigkilled_holder_leaves_no_namespace_process_or_link() {
+    let before = host_network();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "holder",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .find_map(|l| Some(l.ok()?.split_once("ready ")?.1.to_string()))
+        .expect("the holder says it is ready");
+    let mut words = ready.split_whitespace();
+    let inode: u64 = words.next().unwrap().parse().unwrap();
+    let sleeper: u32 = words.next().unwrap().parse().unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{sleeper}/ns/net"))
+            .unwrap()
+            .to_string_lossy(),
+        format!("net:[{inode}]"),
+        "the holder's child runs inside the namespace"
+    );
+    assert!(!holders(inode).is_empty());
+
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let t = Instant::now();
+    while !holders(inode).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still held after SIGKILL: {:?}",
+            holders(inode)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Orphaned, it may linger as a zombie until init reaps it: dead all the same.
+    let state = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+    let state = state.rsplit(") ").next().unwrap_or("").chars().next();
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the child inside died with its holder: {state:?}"
+    );
+    assert_eq!(
+        host_network(),
+        before,
+        "nothing reached the host's namespace"
+    );
+}

@@ -378,6 +378,18 @@ fn without_a_rollback_floor_no_rollback_fails_and_the_trust_store_can_give_one()
             .contains("rollback not judged"),
         "{c}"
     );
+    // nodegate verify says so too, in its text and its JSON.
+    let r = img.verify(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("  rollback not judged: no floor for test-image"),
+        "{}",
+        r.stdout
+    );
+    let r = img.verify(&["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["rollback"]["judged"], false, "{v}");
     fs::write(
         img.path("trust/released.toml"),
         "[released]\ntest-image = 5\n",
@@ -385,6 +397,12 @@ fn without_a_rollback_floor_no_rollback_fails_and_the_trust_store_can_give_one()
     .unwrap();
     let r = run(&img, &pre_boot);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = img.verify(&[]);
+    assert!(
+        r.stdout.contains("  rollback version 5 >= 5 ("),
+        "{}",
+        r.stdout
+    );
     fs::write(
         img.path("trust/released.toml"),
         "[released]\ntest-image = 6\n",

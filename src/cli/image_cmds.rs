@@ -241,6 +241,10 @@ pub fn verify(args: VerifyArgs) -> Result<i32, CliError> {
             "expires": v.manifest.expires,
             "components": v.manifest.components,
             "artifacts": artifacts,
+            "rollback": match v.rollback() {
+                Ok(judged) => serde_json::json!({"judged": true, "detail": judged}),
+                Err(why) => serde_json::json!({"judged": false, "detail": why}),
+            },
         });
         say!("{out:#}");
     } else {
@@ -263,6 +267,10 @@ pub fn verify(args: VerifyArgs) -> Result<i32, CliError> {
                 a.sha256,
                 throughput(a.size, a.hash_time)
             );
+        }
+        match v.rollback() {
+            Ok(judged) => say!("  rollback {judged}"),
+            Err(why) => say!("  {why}"),
         }
     }
     Ok(exit::PASS)

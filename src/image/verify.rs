@@ -251,6 +251,22 @@ pub struct VerifiedImage {
 }
 
 impl VerifiedImage {
+    /// How rollback was judged: `Ok("version V >= F (SOURCE)")`, or `Err` saying why it
+    /// was not (no floor).
+    pub fn rollback(&self) -> Result<String, String> {
+        match &self.rollback_floor {
+            Some(f) => Ok(format!(
+                "version {} >= {} ({})",
+                self.manifest.version, f.version, f.source
+            )),
+            None => Err(format!(
+                "rollback not judged: no floor for {} (give --min-version, or list the last release in the trust store's {})",
+                self.manifest.name,
+                super::keys::RELEASED_FILE
+            )),
+        }
+    }
+
     /// The first artifact with this role.
     pub fn artifact(&self, role: ArtifactRole) -> Option<&VerifiedArtifact> {
         self.artifacts.iter().find(|a| a.role == role)

@@ -79,22 +79,9 @@ pub fn manifest(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
                     v.key.path.display()
                 )),
                 Aspect::Expiry => attempt.note(format!("expires {}", v.manifest.expires)),
-                Aspect::Rollback => match &v.rollback_floor {
-                    Some(f) => attempt.note(format!(
-                        "version {} >= {} ({})",
-                        v.manifest.version, f.version, f.source
-                    )),
-                    None => {
-                        return Err(Failure::mismatch(
-                            format!(
-                                "rollback not judged: no floor for {} (give --min-version, or list the last release in the trust store's {})",
-                                v.manifest.name,
-                                crate::image::keys::RELEASED_FILE
-                            ),
-                            "a rollback floor",
-                            "none",
-                        ))
-                    }
+                Aspect::Rollback => match v.rollback() {
+                    Ok(judged) => attempt.note(judged),
+                    Err(why) => return Err(Failure::mismatch(why, "a rollback floor", "none")),
                 },
                 Aspect::Digests => {
                     for a in &v.artifacts {

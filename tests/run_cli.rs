@@ -537,11 +537,6 @@ fn a_tampered_bundle_is_never_applied_and_nothing_boots_to_refuse_it() {
     );
     // The outcome was decided before boot: no control plane, no VM.
     let json = c.json();
-    let phases: Vec<&str> = json["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = common::phase_names(&json);
     assert_eq!(phases, ["verify"], "{phases:?}");
 }

@@ -248,14 +248,9 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     assert_eq!(json["verdict"], "passed");
     assert_eq!(json["exit_code"], 0);
     assert!(json["finished"].is_string());
-    let phases: Vec<&str> = json["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = common::phase_names(&json);
     for p in ["verify", "control-plane", "boot", "join", "teardown"] {
-        assert!(phases.contains(&p), "{phases:?}");
+        assert!(phases.iter().any(|q| q == p), "{phases:?}");
     }
     assert!(json["phases"]
         .as_array()

@@ -88,31 +88,11 @@ fn unavailable(reason: String) -> Probe {
     }
 }
 
-/// `tc ARGS` inside `ns`.
-fn tc(ns: &Namespace, args: &[&str]) -> Result<(), String> {
-    let tc = crate::cluster::find_on_path("tc", &crate::cluster::provider::env_path())
-        .unwrap_or_else(|| "/usr/sbin/tc".into());
-    let mut cmd = std::process::Command::new(tc);
-    cmd.args(args);
-    ns.enter(&mut cmd);
-    let out = crate::process::run_bounded(&mut cmd, None, std::time::Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            crate::message::one_line(out.stderr_text().trim())
-        ))
-    }
-}
-
 fn fault_works(ns: &Namespace, fault: LinkFault) -> Result<String, String> {
     let root = |qdisc: &[&str]| {
         let mut args = vec!["qdisc", "replace", "dev", PROBE_TAP, "root"];
         args.extend_from_slice(qdisc);
-        tc(ns, &args)
+        ns.tool("tc", &args).map(|_| ()).map_err(|e| e.to_string())
     };
     match fault {
         LinkFault::Partition => ns

@@ -16,16 +16,17 @@
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{run_bounded, CommandError};
+use crate::process::run_bounded;
 
-/// How long one `ip` command may take.
-const IP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one `ip` or `tc` command may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a namespace could not be made or set up.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +37,11 @@ pub enum NamespaceError {
     /// Entering the namespace from a thread failed.
     #[error("cannot enter the run's network namespace: {0}")]
     Enter(io::Error),
-    /// An `ip` command inside the namespace failed.
-    #[error("ip {args} (in the run's namespace): {detail}")]
-    Ip {
+    /// A tool (`ip`, `tc`) run inside the namespace failed.
+    #[error("{tool} {args} (in the run's namespace): {detail}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
         /// The arguments, joined by spaces.
         args: String,
         /// What went wrong.
@@ -50,7 +53,7 @@ pub enum NamespaceError {
 /// the processes started inside it.
 #[derive(Debug)]
 pub struct Namespace {
-    fd: OwnedFd,
+    fd: File,
     inode: u64,
 }
 
@@ -70,20 +73,17 @@ fn set_ns(fd: i32) -> io::Result<()> {
 impl Namespace {
     /// Makes a namespace with its loopback up.
     pub fn create() -> Result<Namespace, NamespaceError> {
-        let fd = std::thread::spawn(|| -> io::Result<OwnedFd> {
+        let fd = std::thread::spawn(|| -> io::Result<File> {
             // SAFETY: unshare changes only this thread's namespaces; the thread ends next.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(last_error());
             }
-            Ok(File::open("/proc/thread-self/ns/net")?.into())
+            File::open("/proc/thread-self/ns/net")
         })
         .join()
         .map_err(|_| NamespaceError::Unshare(io::Error::other("the thread panicked")))?
         .map_err(NamespaceError::Unshare)?;
-        let inode = File::from(fd.try_clone().map_err(NamespaceError::Unshare)?)
-            .metadata()
-            .map_err(NamespaceError::Unshare)?
-            .ino();
+        let inode = fd.metadata().map_err(NamespaceError::Unshare)?.ino();
         let ns = Namespace { fd, inode };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -125,29 +125,30 @@ impl Namespace {
     }
 
     /// Runs `ip ARGS` inside the namespace (the arguments are nodegate's own, never an
-    /// input's).
+    /// input's) and returns its output.
     pub fn ip(&self, args: &[&str]) -> Result<String, NamespaceError> {
-        let fail = |detail: String| NamespaceError::Ip {
+        self.tool("ip", args)
+    }
+
+    /// Runs `tool ARGS` (a tool from iproute2: `ip`, `tc`) inside the namespace.
+    pub fn tool(&self, tool: &'static str, args: &[&str]) -> Result<String, NamespaceError> {
+        let fail = |detail: String| NamespaceError::Tool {
+            tool,
             args: args.join(" "),
             detail,
         };
-        let mut cmd = Command::new(ip_binary());
+        // Root's PATH has /usr/sbin; a user's may not.
+        let bin = crate::cluster::find_on_path(tool, &crate::cluster::provider::env_path())
+            .unwrap_or_else(|| Path::new("/usr/sbin").join(tool));
+        let mut cmd = Command::new(bin);
         cmd.args(args);
         self.enter(&mut cmd);
-        let out = run_bounded(&mut cmd, None, IP_TIMEOUT)
-            .map_err(|e: CommandError| fail(e.to_string()))?;
+        let out = run_bounded(&mut cmd, None, TOOL_TIMEOUT).map_err(|e| fail(e.to_string()))?;
         if !out.status.success() {
-            let err = out.stderr_text();
-            return Err(fail(crate::message::one_line(err.trim())));
+            return Err(fail(crate::message::one_line(out.stderr_text().trim())));
         }
         Ok(out.stdout_text())
     }
-}
-
-/// `ip` from PATH, else Debian's `/usr/sbin/ip` (root's PATH has it; a user's may not).
-fn ip_binary() -> std::path::PathBuf {
-    crate::cluster::find_on_path("ip", &crate::cluster::provider::env_path())
-        .unwrap_or_else(|| "/usr/sbin/ip".into())
 }
 
 #[cfg(test)]

@@ -45,19 +45,28 @@ pub fn bundle_verified(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<
     Ok(())
 }
 
-/// The failure of a hot upgrade whose bundle is not verified: decided before boot, and
-/// nothing is applied. Names the kubelet the node stays on.
+/// The bundle a hot upgrade applies; when it is not verified, the upgrade's failure:
+/// nothing is applied, and it names the kubelet the node stays on.
+fn applicable<'a>(
+    image: &Verification,
+    bundle: Option<&'a Verification>,
+) -> Result<&'a VerifiedImage, Failure> {
+    verified(bundle).map_err(|why| {
+        let stays = match image.manifest().and_then(|m| m.components.get("kubelet")) {
+            Some(k) => format!("; nothing applied, the node stays on kubelet {k}"),
+            None => "; nothing applied".into(),
+        };
+        Failure::mismatch(
+            format!("{why}{stays}"),
+            "a verified bundle, applied",
+            "refused",
+        )
+    })
+}
+
+/// The failure of a hot upgrade whose bundle is not verified, decided before boot.
 pub(super) fn refused(image: &Verification, bundle: Option<&Verification>) -> Option<Failure> {
-    let why = verified(bundle).err()?;
-    let stays = match image.manifest().and_then(|m| m.components.get("kubelet")) {
-        Some(k) => format!("; nothing applied, the node stays on kubelet {k}"),
-        None => "; nothing applied".into(),
-    };
-    Some(Failure::mismatch(
-        format!("{why}{stays}"),
-        "a verified bundle, applied",
-        "refused",
-    ))
+    applicable(image, bundle).err()
 }
 
 /// What is recorded before and compared after.
@@ -154,15 +163,11 @@ pub fn hot_upgrade(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let budget = b.duration("ready_budget").map_err(Failure::new)?;
-    let (profile, bundle) = (env.profile, env.bundle);
-    let (env_verification, env_bundle) = (env.verification, env.bundle);
+    let (profile, image, bundle) = (env.profile, env.verification, env.bundle);
     let member = env.member()?;
     let (kubectl, node) = (member.kubectl, member.node.name().to_string());
     let g = env.guest()?;
-    let bundle = match verified(bundle) {
-        Ok(v) => v,
-        Err(_) => return Err(refused(env_verification, env_bundle).expect("refused")),
-    };
+    let bundle = applicable(image, bundle)?;
     let targets = bundle_targets(profile, bundle)?;
     let want_kubelet = bundle.manifest.components["kubelet"].clone();
 

@@ -251,3 +251,13 @@ pub fn tool(program: &str, args: &[&str], dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The names of a JSON report's phases, in order.
+pub fn phase_names(report: &serde_json::Value) -> Vec<String> {
+    report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}

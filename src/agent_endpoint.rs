@@ -1,6 +1,7 @@
 //! The other end of the node agent's protocol, hosted by nodegate during a run: an HTTP
-//! server on a host loopback port (forwarded into the VM) that answers registrations and
-//! heartbeats the way a provider's control service would, and records every request.
+//! server (on a host loopback port forwarded into the VM, or on the run's bridge inside
+//! the run's namespace) that answers registrations and heartbeats the way a provider's
+//! control service would, and records every request.
 //! The protocol's paths, token and identity field come from the profile.
 //!
 //! What a guest can make it hold is bounded: a request body larger than
@@ -14,6 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use serde_json::Value;
+
+use crate::network::Dialer;
 
 /// The largest request body the endpoint reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -59,10 +62,10 @@ pub struct Received {
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("agent endpoint on 127.0.0.1:{port}: {message}")]
+#[error("agent endpoint on {addr}: {message}")]
 pub struct EndpointError {
-    /// The port.
-    pub port: u16,
+    /// Where it listens (or was to listen).
+    pub addr: SocketAddr,
     /// Why.
     pub message: String,
 }
@@ -70,7 +73,8 @@ pub struct EndpointError {
 /// A running endpoint; dropping it stops the server thread.
 pub struct AgentEndpoint {
     config: EndpointConfig,
-    port: u16,
+    addr: SocketAddr,
+    dialer: Dialer,
     log: Arc<Mutex<Log>>,
     server: Option<Arc<tiny_http::Server>>,
     thread: Option<JoinHandle<()>>,
@@ -78,11 +82,26 @@ pub struct AgentEndpoint {
 }
 
 impl AgentEndpoint {
-    /// Starts on 127.0.0.1:`port` (0: a free port).
+    /// Starts on 127.0.0.1:`port` (0: a free port) in the host's namespace.
     pub fn start(config: EndpointConfig, port: u16) -> Result<AgentEndpoint, EndpointError> {
+        Self::start_at(
+            config,
+            Dialer::Host,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        )
+    }
+
+    /// Starts on `addr` where `dialer` opens sockets (the run's namespace: the address
+    /// the guests are told, on the run's bridge).
+    pub fn start_at(
+        config: EndpointConfig,
+        dialer: Dialer,
+        addr: SocketAddr,
+    ) -> Result<AgentEndpoint, EndpointError> {
         let mut e = AgentEndpoint {
             config,
-            port,
+            addr,
+            dialer,
             log: Arc::new(Mutex::new(Log::default())),
             server: None,
             thread: None,
@@ -93,12 +112,17 @@ impl AgentEndpoint {
     }
 
     fn serve(&mut self) -> Result<(), EndpointError> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let addr = self.addr;
         // After a restart the old listener closes only once its accept thread wakes up:
         // retry the bind for a moment.
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let server = loop {
-            match tiny_http::Server::http(addr) {
+            let bound = self
+                .dialer
+                .bind(addr)
+                .map_err(|e| e.to_string())
+                .and_then(|l| tiny_http::Server::from_listener(l, None).map_err(|e| e.to_string()));
+            match bound {
                 Ok(s) => break Arc::new(s),
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -106,13 +130,15 @@ impl AgentEndpoint {
                 }
                 Err(e) => {
                     return Err(EndpointError {
-                        port: self.port,
-                        message: e.to_string(),
+                        addr: self.addr,
+                        message: e,
                     })
                 }
             }
         };
-        self.port = server.server_addr().to_ip().map_or(self.port, |a| a.port());
+        if let Some(a) = server.server_addr().to_ip() {
+            self.addr = a;
+        }
         let (s, log, config, generation) = (
             server.clone(),
             self.log.clone(),
@@ -201,15 +227,14 @@ impl AgentEndpoint {
             let _ = t.join();
         }
         // tiny_http's accept thread holds the listener until a connection wakes it.
-        let _ = std::net::TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
-            std::time::Duration::from_millis(200),
-        );
+        let _ = self
+            .dialer
+            .connect(self.addr, std::time::Duration::from_millis(200));
     }
 
     /// The host port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
     /// The requests kept so far, oldest first (at most [`MAX_LOG_ENTRIES`]).

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Accelerator: auto probes KVM and falls back to TCG.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
+    /// Network: auto (the run's own bridge where nodegate may make a network namespace
+    /// and dnsmasq is installed, else user mode), bridge (or fail), user (QEMU's NAT per
+    /// VM; checks that need the cluster network are not run).
+    #[arg(long, default_value = "auto")]
+    network: crate::network::NetworkChoice,
     /// JUnit XML report.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
@@ -197,6 +202,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         control_plane,
         control_plane_reason,
         accel: args.accel,
+        network: args.network,
         artifacts: args.artifacts.clone(),
         reports: ReportPaths {
             junit: args.junit.clone(),

@@ -90,6 +90,8 @@ pub struct Kubectl {
     pub request_timeout: Duration,
     /// The provider, for messages.
     pub provider: ProviderKind,
+    /// Where kubectl runs: the run's namespace when the control plane lives there.
+    pub dialer: crate::network::Dialer,
 }
 
 impl Kubectl {
@@ -112,11 +114,14 @@ impl Kubectl {
             kubeconfig: kubeconfig.to_owned(),
             request_timeout: Duration::from_secs(20),
             provider,
+            dialer: crate::network::Dialer::Host,
         })
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The kubectl command line for `args`, started where the control plane is.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
+        self.dialer.command(&mut c);
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg(format!(

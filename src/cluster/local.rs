@@ -4,7 +4,7 @@
 //! user-networking guest. A port of `fixtures/controlplane/up`; see docs/cluster.md.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +15,7 @@ use serde_json::json;
 use super::kubectl::{run_command, set_server};
 use super::provider::{ControlPlane, ProviderKind, Teardown};
 use super::{ca_cert_hash, is_executable, last_lines, ClusterError, Kubectl, GUEST_API_ADDR};
+use crate::network::Dialer;
 use crate::process::ProcessGroup;
 use crate::wait::{wait_until, Poll, WaitError};
 
@@ -55,6 +56,10 @@ pub struct LocalConfig {
     pub startup_timeout: Duration,
     /// SIGTERM-to-SIGKILL grace per component on teardown.
     pub grace: Duration,
+    /// Where the components run: on host loopback, or inside the run's namespace, where
+    /// the API server listens on every address of the run's bridge (so it reaches each
+    /// kubelet and each node reaches it) and etcd on the namespace's loopback only.
+    pub dialer: Dialer,
 }
 
 impl Default for LocalConfig {
@@ -68,6 +73,7 @@ impl Default for LocalConfig {
             guest_addr: GUEST_API_ADDR.into(),
             startup_timeout: Duration::from_secs(240),
             grace: Duration::from_secs(10),
+            dialer: Dialer::Host,
         }
     }
 }
@@ -171,6 +177,7 @@ impl Start<'_> {
             .map_err(Self::io(&path))?;
         use std::io::Write;
         let _ = writeln!(f, "+ {cmd:?}");
+        self.config.dialer.command(cmd);
         let args: Vec<String> = cmd
             .get_args()
             .take(4)
@@ -203,6 +210,7 @@ impl Start<'_> {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(Self::io(&path))?)
             .stderr(log);
+        self.config.dialer.command(&mut cmd);
         let group = ProcessGroup::spawn(name, &mut cmd)
             .map_err(|e| self.component_error(name, format!("cannot start: {e}")))?
             .with_grace(self.config.grace);
@@ -258,9 +266,22 @@ impl Start<'_> {
 /// Starts the control plane; on failure everything started so far is stopped.
 pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
     check_bin_dir(&config.bin_dir)?;
-    let port = pick_port(config.apiserver_port, &[])?;
-    let etcd_port = pick_port(config.etcd_port, &[port])?;
-    let etcd_peer_port = pick_port(config.etcd_peer_port, &[port, etcd_port])?;
+    // The run's namespace is empty: the standard ports are free there.
+    let (port, etcd_port, etcd_peer_port) = if config.dialer.is_namespace() {
+        (
+            config.apiserver_port.unwrap_or(6443),
+            config.etcd_port.unwrap_or(2379),
+            config.etcd_peer_port.unwrap_or(2380),
+        )
+    } else {
+        let port = pick_port(config.apiserver_port, &[])?;
+        let etcd_port = pick_port(config.etcd_port, &[port])?;
+        (
+            port,
+            etcd_port,
+            pick_port(config.etcd_peer_port, &[port, etcd_port])?,
+        )
+    };
     if port == etcd_port || port == etcd_peer_port || etcd_port == etcd_peer_port {
         return Err(ClusterError::PortInUse {
             provider: PROVIDER,
@@ -342,7 +363,8 @@ pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
             .map_err(Start::io(&p))?;
     }
     let _ = fs::remove_file(state.join("kubelet.conf")); // the placeholder node's
-    let kubectl = Kubectl::new(&config.bin_dir, &admin, PROVIDER)?;
+    let mut kubectl = Kubectl::new(&config.bin_dir, &admin, PROVIDER)?;
+    kubectl.dialer = config.dialer.clone();
 
     // --- etcd ---
     let pki = s.pki.display().to_string();
@@ -372,19 +394,25 @@ pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
     )?;
     // etcd's health is part of the API server's /readyz; here: its client port listens.
     s.wait_for("etcd", &format!("{etcd_url} to listen"), || {
-        TcpStream::connect_timeout(
-            &(Ipv4Addr::LOCALHOST, etcd_port).into(),
-            Duration::from_secs(2),
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        config
+            .dialer
+            .connect(
+                (Ipv4Addr::LOCALHOST, etcd_port).into(),
+                Duration::from_secs(2),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })?;
 
     // --- kube-apiserver ---
     s.spawn(
         "kube-apiserver",
         &[
-            "--bind-address=127.0.0.1".into(),
+            if config.dialer.is_namespace() {
+                "--bind-address=0.0.0.0".into()
+            } else {
+                "--bind-address=127.0.0.1".into()
+            },
             format!("--secure-port={port}"),
             "--insecure-port=0".into(),
             format!("--advertise-address={guest}"),

@@ -1,13 +1,69 @@
 //! The networks VMs sit on, and what this machine can do with them.
 //!
-//! Today every VM sits behind its own QEMU user-mode NAT. The run's own network (issue
-//! 13) lives in a [`Namespace`] of nodegate's own: this module makes it and probes what
-//! it can hold (a bridge, taps, link faults), so `nodegate doctor` can say which network
-//! a run on this machine gets and why.
+//! A run gets one of two networks ([`NetworkMode`]): its own bridge inside a
+//! [`Namespace`] of nodegate's own ([`RunNetwork`]: every node on one segment, the control
+//! plane beside them), or, without the privilege, QEMU's user-mode NAT per VM. This module
+//! makes the first, chooses between them, and probes what this machine can do with them
+//! (link faults), so `nodegate doctor` and the report can say which network a run gets and
+//! why. nodegate's own clients reach into the namespace through a [`Dialer`].
 
+mod bridge;
+mod mode;
 mod namespace;
 
+pub use bridge::{BridgePort, NodeLink, RunNetwork, RunNetworkError, GATEWAY, MAX_NODES};
+pub use mode::{NetworkChoice, NetworkMode};
 pub use namespace::{Namespace, NamespaceError};
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where nodegate's own clients and servers open their sockets and start their children:
+/// in the host's namespace, or inside the run's.
+#[derive(Debug, Clone, Default)]
+pub enum Dialer {
+    /// The host's own namespace.
+    #[default]
+    Host,
+    /// The run's namespace.
+    Namespace(Arc<Namespace>),
+}
+
+impl Dialer {
+    /// A TCP connection to `addr`.
+    pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        match self {
+            Dialer::Host => TcpStream::connect_timeout(&addr, timeout),
+            Dialer::Namespace(ns) => ns.connect(addr, timeout),
+        }
+    }
+
+    /// A listening socket on `addr`.
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        match self {
+            Dialer::Host => TcpListener::bind(addr),
+            Dialer::Namespace(ns) => ns
+                .within(|| TcpListener::bind(addr))
+                .map_err(io::Error::other)?,
+        }
+    }
+
+    /// Makes `cmd` start where this dialer's sockets live.
+    pub fn command<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        match self {
+            Dialer::Host => cmd,
+            Dialer::Namespace(ns) => ns.enter(cmd),
+        }
+    }
+
+    /// Whether this is the run's namespace.
+    pub fn is_namespace(&self) -> bool {
+        matches!(self, Dialer::Namespace(_))
+    }
+}
 
 /// Names used inside a probe namespace (private to it: they cannot clash with the host's).
 const PROBE_BRIDGE: &str = "ngbr0";

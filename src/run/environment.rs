@@ -1,6 +1,7 @@
 //! The real [`Environment`]: boots VMs from the verified image, starts the control plane,
 //! joins nodes, and collects logs. Each VM is a [`Machine`] guard.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::cluster::{
 };
 use crate::exit;
 use crate::interrupt;
+use crate::network::{NetworkMode, NodeLink, RunNetwork};
 use crate::profile::JoinMethodName;
 use crate::rundir::{RemoteObject, RunDir};
 use crate::runner::{Environment, Event, Phase, Stop, StopKind};
@@ -23,12 +25,14 @@ use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 use super::{artifacts, RunConfig};
 
 /// One booted VM and what belongs to it. Fields drop in order: the Node and its token
-/// first, then the session, then the VM.
+/// first, then the session, then the VM, then its tap on the run's bridge.
 pub struct Machine {
     joined: Option<(JoinedNode, BootstrapToken)>,
     ssh: SshSession,
     vm: Vm,
-    endpoint: AgentEndpoint,
+    /// Its own agent endpoint (user mode); on the bridge the run's one endpoint serves all.
+    endpoint: Option<AgentEndpoint>,
+    _link: Option<NodeLink>,
     /// Node name (and artifacts sub-folder).
     pub name: String,
 }
@@ -55,6 +59,12 @@ pub struct NodeEnvironment<'c> {
     fresh: Option<Machine>,
     machines: usize,
     run_id: String,
+    /// The network the run has, and why.
+    network_mode: (NetworkMode, String),
+    /// On the bridge: the agent endpoint every node reaches at the profile's address.
+    endpoint: Option<AgentEndpoint>,
+    /// The run's bridge, once made (dropped last: everything above lives in it).
+    network: Option<RunNetwork>,
 }
 
 fn stop(kind: StopKind, phase: Phase, reason: String) -> Stop {
@@ -119,6 +129,7 @@ impl<'c> NodeEnvironment<'c> {
         verification: Verification,
         disk: super::BootDisk,
         will_join: bool,
+        network_mode: (NetworkMode, String),
     ) -> NodeEnvironment<'c> {
         let mut raw = [0u8; 3];
         let _ = getrandom::fill(&mut raw);
@@ -139,7 +150,26 @@ impl<'c> NodeEnvironment<'c> {
             fresh: None,
             machines: 0,
             run_id: hex::encode(raw),
+            network_mode,
+            endpoint: None,
+            network: None,
         }
+    }
+
+    /// The run's bridge, made on first use; `None` in user mode.
+    fn run_network(&mut self) -> Result<Option<&RunNetwork>, Stop> {
+        if self.network_mode.0 == NetworkMode::User {
+            return Ok(None);
+        }
+        if self.network.is_none() {
+            let api: Ipv4Addr = cluster::GUEST_API_ADDR.parse().expect("an IPv4 address");
+            let services = [api, self.config.profile.agent.guest_addr.0];
+            let dir = self.rundir.path().join("network");
+            let net = RunNetwork::create(&services, &dir)
+                .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
+            self.network = Some(net);
+        }
+        Ok(self.network.as_ref())
     }
 
     fn control_plane(&mut self, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
@@ -150,10 +180,14 @@ impl<'c> NodeEnvironment<'c> {
             return Err(s.clone());
         }
         let mut cfg = self.config.control_plane.clone();
+        let dialer = self.run_network()?.map(|n| n.dialer());
         if let ControlPlaneConfig::Local(l) = &mut cfg {
             // PKI and etcd data in the run's folder: reaped if nodegate is killed.
             l.state_dir
                 .get_or_insert_with(|| self.rundir.path().join("control-plane"));
+            if let Some(d) = dialer {
+                l.dialer = d;
+            }
         }
         let reason = self.config.control_plane_reason.clone();
         let r = phase(emit, Phase::ControlPlane, cfg.kind().to_string(), |emit| {
@@ -234,25 +268,45 @@ impl<'c> NodeEnvironment<'c> {
         vc.ssh_user = p.ssh.user.to_string();
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
-        if let Some(cp) = &self.cp {
-            vc.forwards.push(cp.forward());
-        }
         let a = &p.agent;
-        let endpoint = AgentEndpoint::start(
-            EndpointConfig {
-                register_path: a.register_path.to_string(),
-                heartbeat_path: a.heartbeat_path.to_string(),
-                token: a.token.to_string(),
-                identity_field: a.identity_field.to_string(),
-            },
-            0,
-        )
-        .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
-        vc.forwards.push(GuestForward {
-            guest_addr: a.guest_addr.0,
-            guest_port: a.guest_port,
-            host_port: endpoint.port(),
-        });
+        let endpoint_config = EndpointConfig {
+            register_path: a.register_path.to_string(),
+            heartbeat_path: a.heartbeat_path.to_string(),
+            token: a.token.to_string(),
+            identity_field: a.identity_field.to_string(),
+        };
+        let (agent_addr, agent_port) = (a.guest_addr.0, a.guest_port);
+        let endpoint_failed = |e: crate::agent_endpoint::EndpointError| {
+            stop(StopKind::Infrastructure, Phase::Boot, e.to_string())
+        };
+        self.run_network()?;
+        let (endpoint, link) = match &self.network {
+            Some(net) => {
+                let link = net
+                    .node_link()
+                    .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
+                vc.bridge = Some(link.port.clone());
+                if self.endpoint.is_none() {
+                    let at = SocketAddr::from((agent_addr, agent_port));
+                    let e = AgentEndpoint::start_at(endpoint_config, net.dialer(), at)
+                        .map_err(endpoint_failed)?;
+                    self.endpoint = Some(e);
+                }
+                (None, Some(link))
+            }
+            None => {
+                if let Some(cp) = &self.cp {
+                    vc.forwards.push(cp.forward());
+                }
+                let endpoint = AgentEndpoint::start(endpoint_config, 0).map_err(endpoint_failed)?;
+                vc.forwards.push(GuestForward {
+                    guest_addr: agent_addr,
+                    guest_port: agent_port,
+                    host_port: endpoint.port(),
+                });
+                (Some(endpoint), None)
+            }
+        };
         let detail = format!("{} ({} boot)", name, vc.boot.kind());
         let (vm, ssh) = phase(emit, Phase::Boot, detail, |emit| {
             let fail = |e: VmError| stop(classify_vm(&e), Phase::Boot, e.to_string());
@@ -285,11 +339,18 @@ impl<'c> NodeEnvironment<'c> {
                 }
             }
         })?;
+        if let Some(link) = &link {
+            emit(Event::Property {
+                name: format!("network.{name}"),
+                value: format!("{} {} {}", link.port.addr, link.port.mac, link.port.tap),
+            });
+        }
         let mut m = Machine {
             joined: None,
             ssh,
             vm,
             endpoint,
+            _link: link,
             name,
         };
         if join {
@@ -531,8 +592,13 @@ impl Environment for NodeEnvironment<'_> {
             self.shared.as_mut()
         };
         let kubectl = self.cp.as_ref().map(|cp| &cp.kubectl);
+        let shared_endpoint = self.endpoint.as_mut();
         let (guest, member) = match machine {
             Some(m) => {
+                let endpoint = match m.endpoint.as_mut().or(shared_endpoint) {
+                    Some(e) => e,
+                    None => return Err(Failure::new("no agent endpoint for this node")),
+                };
                 let member = match (&m.joined, kubectl) {
                     (Some((node, _)), Some(kubectl)) => Some(Member { kubectl, node }),
                     _ => None,
@@ -542,7 +608,7 @@ impl Environment for NodeEnvironment<'_> {
                         vm: &m.vm,
                         ssh: &mut m.ssh,
                         name: &m.name,
-                        endpoint: &mut m.endpoint,
+                        endpoint,
                     }),
                     member,
                 )

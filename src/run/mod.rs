@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::cluster::ControlPlaneConfig;
+use crate::cluster::{ControlPlaneConfig, ProviderKind};
 use crate::config_file::ConfigError;
 use crate::exit;
 use crate::image::keys::{KeyError, TrustStore};
 use crate::image::{self, ArtifactRole, Manifest, VerifyError, VerifyOptions};
+use crate::network::NetworkChoice;
 use crate::profile::{flatten, Firmware, Profile};
 use crate::report::terminal::Terminal;
 use crate::report::{ReportPaths, ReportWriter};
@@ -50,6 +51,8 @@ pub struct RunConfig {
     pub control_plane_reason: Option<String>,
     /// Accelerator.
     pub accel: AccelChoice,
+    /// The network asked for.
+    pub network: NetworkChoice,
     /// Artifacts folder.
     pub artifacts: PathBuf,
     /// Report files.
@@ -388,10 +391,20 @@ pub fn execute(
             "--image is required without a manifest".into(),
         ));
     }
-    let mut writer = ReportWriter::new(
-        config.reports.clone(),
-        properties(config, &verification, manifest.as_ref()),
-    );
+    // The network is decided before anything starts: a bridge that was asked for and
+    // cannot be had stops the run here, with one line.
+    let outside = match config.control_plane.kind() {
+        ProviderKind::Local => None,
+        other => Some(other.to_string()),
+    };
+    let network = config
+        .network
+        .decide(outside.as_deref())
+        .map_err(RunError::Environment)?;
+    let mut props = properties(config, &verification, manifest.as_ref());
+    props.insert("network".into(), network.0.name().into());
+    props.insert("network.reason".into(), network.1.clone());
+    let mut writer = ReportWriter::new(config.reports.clone(), props);
     let mut emit = |e: Event| {
         terminal.event(&e);
         writer.event(&e);
@@ -422,7 +435,14 @@ pub fn execute(
     let will_join = checks
         .iter()
         .any(|c| c.need == Need::Node && matches!(selection.verdict(c), Verdict::Run));
-    let mut env = NodeEnvironment::new(config, &mut rundir, verification, disk, will_join);
+    let mut env = NodeEnvironment::new(
+        config,
+        &mut rundir,
+        verification,
+        disk,
+        will_join,
+        network.clone(),
+    );
     env.bundle = bundle;
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
     if let Verification::Refused(e) = &env.verification {

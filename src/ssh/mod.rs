@@ -7,7 +7,7 @@ mod keys;
 pub use keys::{generate_keypair, SshKeyPair};
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -98,8 +98,11 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct SshTarget {
-    /// Host address (127.0.0.1 and the forwarded port, for VMs).
+    /// Host address (127.0.0.1 and the forwarded port, for VMs in user mode; the node's
+    /// address on the run's bridge otherwise).
     pub addr: SocketAddr,
+    /// Where the TCP connection is opened from (the run's namespace, for a bridge).
+    pub dialer: crate::network::Dialer,
     /// Login user.
     pub user: String,
     /// Client key pair.
@@ -183,7 +186,9 @@ impl SshSession {
                 message: e.message().to_string(),
             }
         };
-        let tcp = TcpStream::connect_timeout(&addr, timeout)
+        let tcp = target
+            .dialer
+            .connect(addr, timeout)
             .map_err(|source| SshError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
         let mut session = ssh2::Session::new().map_err(proto("session"))?;

@@ -147,8 +147,11 @@ pub struct VmConfig {
     pub ssh_user: String,
     /// A fixed host port for SSH; default: a free one.
     pub ssh_port: Option<u16>,
-    /// Host services the guest may reach (everything else is cut off).
+    /// Host services the guest may reach (everything else is cut off). User mode only.
     pub forwards: Vec<GuestForward>,
+    /// The run's bridge: when set, the NIC is this tap (QEMU starts inside the run's
+    /// namespace) instead of user-mode NAT, and `ssh_port` and `forwards` are unused.
+    pub bridge: Option<crate::network::BridgePort>,
     /// Deadlines.
     pub timeouts: BootTimeouts,
     /// The QEMU binary.
@@ -171,6 +174,7 @@ impl VmConfig {
             ssh_user: "nodegate".into(),
             ssh_port: None,
             forwards: Vec::new(),
+            bridge: None,
             timeouts: BootTimeouts::tcg(),
             qemu: PathBuf::from("qemu-system-x86_64"),
         }

@@ -16,6 +16,7 @@ use super::qmp::{Qmp, QmpError};
 use super::seed::{self, SeedConfig};
 use crate::exit;
 use crate::interrupt;
+use crate::network::Dialer;
 use crate::process::{run_bounded, ProcessGroup};
 use crate::ssh::{generate_keypair, SshError, SshSession, SshTarget};
 use crate::wait::{wait_until, Poll, WaitError};
@@ -226,7 +227,7 @@ pub struct Vm {
     pub config: VmConfig,
     /// The accelerator chosen, and why.
     pub accel: AccelDecision,
-    /// Host port forwarded to the guest's port 22.
+    /// Host port forwarded to the guest's port 22 (22 on the run's bridge).
     pub ssh_port: u16,
     /// The files in the run folder.
     pub files: RunFiles,
@@ -370,8 +371,19 @@ impl Vm {
         }
 
         let (qemu, ssh_port) = Self::spawn_qemu(&config, accel.accel, &files)?;
+        let (addr, dialer) = match &config.bridge {
+            Some(b) => (
+                SocketAddr::from((b.addr, 22)),
+                Dialer::Namespace(b.ns.clone()),
+            ),
+            None => (
+                SocketAddr::from((Ipv4Addr::LOCALHOST, ssh_port)),
+                Dialer::Host,
+            ),
+        };
         let ssh_target = SshTarget {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, ssh_port)),
+            addr,
+            dialer,
             user: config.ssh_user.clone(),
             key: client,
             host_key: host.public,
@@ -403,15 +415,19 @@ impl Vm {
             source,
         };
         for _attempt in 0..5 {
-            let port = match config.ssh_port {
-                Some(p) => p,
-                None => free_port().map_err(run_dir_err)?,
+            let port = match (&config.bridge, config.ssh_port) {
+                (Some(_), _) => 22,
+                (None, Some(p)) => p,
+                (None, None) => free_port().map_err(run_dir_err)?,
             };
             let _ = fs::remove_file(&files.console);
             let _ = fs::remove_file(&files.qmp);
             let log = fs::File::create(&files.qemu_log).map_err(run_dir_err)?;
             let mut cmd = qemu::command(config, accel, port, files);
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+            if let Some(b) = &config.bridge {
+                b.ns.enter(&mut cmd);
+            }
             let mut group =
                 ProcessGroup::spawn("qemu", &mut cmd).map_err(|source| VmError::MissingQemu {
                     binary: config.qemu.clone(),
@@ -548,7 +564,7 @@ impl Vm {
 
         let target = self.ssh_target.clone();
         let r = wait_until(
-            format!("ssh on 127.0.0.1:{}", self.ssh_port),
+            format!("ssh on {}", self.ssh_target.addr),
             t.ssh,
             Duration::from_secs(2),
             || {

@@ -66,13 +66,24 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         .cpu
         .clone()
         .unwrap_or_else(|| accel.default_cpu().to_string());
-    let mut netdev = format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
-    for f in &config.forwards {
-        netdev.push_str(&format!(
-            ",guestfwd=tcp:{}:{}-cmd:socat - TCP:127.0.0.1:{}",
-            f.guest_addr, f.guest_port, f.host_port
-        ));
-    }
+    // The tap's name and MAC are nodegate's own (`ngtapN`, from the node's slot).
+    let (netdev, nic) = match &config.bridge {
+        Some(b) => (
+            format!("tap,id=net0,ifname={},script=no,downscript=no", b.tap),
+            format!("virtio-net-pci,netdev=net0,id={NIC_ID},mac={}", b.mac),
+        ),
+        None => {
+            let mut netdev =
+                format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+            for f in &config.forwards {
+                netdev.push_str(&format!(
+                    ",guestfwd=tcp:{}:{}-cmd:socat - TCP:127.0.0.1:{}",
+                    f.guest_addr, f.guest_port, f.host_port
+                ));
+            }
+            (netdev, format!("virtio-net-pci,netdev=net0,id={NIC_ID}"))
+        }
+    };
     let os = |s: &Path| s.as_os_str().to_owned();
     let with = |opt: OsString, rest: &str| {
         let mut o = opt;
@@ -110,7 +121,7 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         "-netdev".into(),
         netdev.into(),
         "-device".into(),
-        format!("virtio-net-pci,netdev=net0,id={NIC_ID}").into(),
+        nic.into(),
         "-device".into(),
         "virtio-rng-pci".into(),
     ];
@@ -187,6 +198,39 @@ mod tests {
             joined.contains("readonly=on,file=/run/x/seed.img"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn on_the_bridge_the_nic_is_the_nodes_tap_and_nothing_is_forwarded() {
+        let mut config = VmConfig::new(
+            "t",
+            PathBuf::from("/img/base.qcow2"),
+            Boot::Bios,
+            PathBuf::from("/run/x"),
+        );
+        config.forwards.push(GuestForward {
+            guest_addr: std::net::Ipv4Addr::new(10, 0, 2, 100),
+            guest_port: 6443,
+            host_port: 16443,
+        });
+        config.bridge = Some(crate::network::BridgePort {
+            ns: std::sync::Arc::new(crate::network::Namespace::create().unwrap()),
+            tap: "ngtap3".into(),
+            mac: "52:54:00:6e:67:03".into(),
+            addr: std::net::Ipv4Addr::new(10, 0, 2, 18),
+        });
+        let files = RunFiles::in_dir(Path::new("/run/x"));
+        let joined: Vec<String> = command(&config, Accel::Tcg, 22, &files)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = joined.join(" ");
+        assert!(
+            joined.contains("-netdev tap,id=net0,ifname=ngtap3,script=no,downscript=no -device virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:6e:67:03"),
+            "{joined}"
+        );
+        assert!(!joined.contains("hostfwd"), "{joined}");
+        assert!(!joined.contains("guestfwd"), "{joined}");
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! Which network a run gets: its own bridge, or QEMU's user-mode NAT per VM.
+
+use super::Namespace;
+
+/// What was asked for (`nodegate run --network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkChoice {
+    /// The run's own bridge where this machine allows it, else user mode.
+    #[default]
+    Auto,
+    /// The run's own bridge, or fail.
+    Bridge,
+    /// QEMU's user-mode network (no cluster network).
+    User,
+}
+
+impl std::str::FromStr for NetworkChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(NetworkChoice::Auto),
+            "bridge" => Ok(NetworkChoice::Bridge),
+            "user" => Ok(NetworkChoice::User),
+            _ => Err(format!("unknown network {s:?} (auto, bridge, user)")),
+        }
+    }
+}
+
+/// The network a run has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Every node on the run's bridge, the control plane beside them.
+    Bridge,
+    /// Each VM alone behind QEMU's user-mode NAT.
+    User,
+}
+
+impl NetworkMode {
+    /// `bridge` or `user`, as reports say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::User => "user",
+        }
+    }
+}
+
+impl NetworkChoice {
+    /// Decides the mode. `outside` names a control plane that lives outside any
+    /// namespace nodegate makes (a kubeconfig's cluster, kind), which user mode reaches
+    /// through a forward and the bridge cannot. Returns the mode and why, or why the
+    /// bridge that was asked for cannot be had.
+    pub fn decide(self, outside: Option<&str>) -> Result<(NetworkMode, String), String> {
+        if self == NetworkChoice::User {
+            return Ok((NetworkMode::User, "asked for (--network user)".into()));
+        }
+        let blocker = bridge_blocker(outside);
+        match (self, blocker) {
+            (_, None) => Ok((
+                NetworkMode::Bridge,
+                "nodegate can make a network namespace and dnsmasq serves DHCP in it".into(),
+            )),
+            (NetworkChoice::Bridge, Some(why)) => {
+                Err(format!("--network bridge cannot be had: {why}"))
+            }
+            (_, Some(why)) => Ok((NetworkMode::User, why)),
+        }
+    }
+}
+
+/// Why this machine cannot give a run its bridge, if it cannot.
+fn bridge_blocker(outside: Option<&str>) -> Option<String> {
+    if let Some(cp) = outside {
+        return Some(format!(
+            "the {cp} control plane lives outside the run's namespace"
+        ));
+    }
+    if let Err(e) = Namespace::create() {
+        return Some(e.to_string());
+    }
+    if super::bridge::dnsmasq_bin().is_none() {
+        return Some("dnsmasq is not installed (Debian: dnsmasq-base)".into());
+    }
+    None
+}

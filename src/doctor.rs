@@ -240,16 +240,22 @@ pub fn diagnose() -> Vec<Finding> {
 
 /// The run network this machine gets, and the link faults it could inject.
 fn network_findings(p: &crate::network::Probe) -> Vec<Finding> {
+    // What `--network auto` gives a run with the local control plane.
+    let decided = crate::network::NetworkChoice::Auto.decide(None);
     let bridge = Finding {
         item: "run network",
-        ok: true,
-        detail: match &p.bridge {
-            Ok(()) => "user: each VM behind its own QEMU NAT (a namespace of nodegate's own \
-                       with a bridge and taps can be made here; runs do not use it yet)"
-                .into(),
-            Err(e) => format!("user: each VM behind its own QEMU NAT ({e})"),
+        ok: p.bridge.is_ok() && matches!(decided, Ok((crate::network::NetworkMode::Bridge, _))),
+        detail: match (&p.bridge, decided) {
+            (Err(e), _) => format!("user: each VM behind its own QEMU NAT ({e})"),
+            (Ok(()), Ok((crate::network::NetworkMode::Bridge, why))) => {
+                format!("bridge: the run's own namespace, one bridge for all nodes ({why})")
+            }
+            (Ok(()), Ok((_, why)) | Err(why)) => {
+                format!("user: each VM behind its own QEMU NAT ({why})")
+            }
         },
-        prevents: "",
+        prevents: "checks that need the cluster network (kubectl logs/exec/port-forward, \
+                   several nodes), which are not run on user-mode networking",
         required: false,
     };
     let (can, cannot): (Vec<_>, Vec<_>) = p.faults.iter().partition(|(_, r)| r.is_ok());

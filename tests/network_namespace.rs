@@ -6,37 +6,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{holders, host_network};
 use nodegate::network::Namespace;
 use nodegate::process::ProcessGroup;
-
-/// What the host's own namespace looks like: links, addresses, routes, named namespaces.
-fn host_network() -> String {
-    let mut out = String::new();
-    for args in [
-        &["-o", "link"][..],
-        &["-o", "addr"],
-        &["route"],
-        &["-6", "route"],
-    ] {
-        let o = Command::new("ip").args(args).output().unwrap();
-        assert!(o.status.success());
-        // Link counters and address lifetimes change on their own: keep the names.
-        for line in String::from_utf8_lossy(&o.stdout).lines() {
-            out.push_str(
-                &line
-                    .split(" link/")
-                    .next()
-                    .unwrap()
-                    .replace(char::is_numeric, ""),
-            );
-            out.push('\n');
-        }
-    }
-    let named: Vec<_> = std::fs::read_dir("/run/netns")
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    out + &format!("named namespaces: {named:?}\n")
-}
 
 fn bridge_and_tap(ns: &Namespace) {
     for args in [
@@ -103,32 +77,6 @@ fn two_namespaces_do_not_share_addresses() {
             .unwrap()
     };
     let _l = (listen(&a), listen(&b));
-}
-
-/// Processes or descriptors, anywhere on the machine, that still hold namespace `inode`.
-fn holders(inode: u64) -> Vec<String> {
-    let want = format!("net:[{inode}]");
-    let mut found = Vec::new();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        let dir = p.path();
-        if std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want) {
-            found.push(format!("{} lives in it", dir.display()));
-        }
-        for fd in std::fs::read_dir(dir.join("fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want) {
-                found.push(format!("{} holds it", fd.path().display()));
-            }
-        }
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    if mounts.contains(&want) {
-        found.push("a bind mount".into());
-    }
-    found
 }
 
 /// Not a test: the process `a_sigkilled_holder_leaves_no_namespace_process_or_link` kills.

@@ -95,6 +95,11 @@ impl Case {
 
     /// `nodegate run` of a signed test bed release with the repo's profile and suites.
     fn run(&self, release: &str, extra: &[&str]) -> common::Run {
+        self.run_env(release, extra, &[])
+    }
+
+    /// [`Case::run`] with extra environment variables.
+    fn run_env(&self, release: &str, extra: &[&str], env: &[(&str, &str)]) -> common::Run {
         let signed = common::testbed("signed", "trust");
         let manifest = signed.join(release).join("node.manifest.json");
         let trust = signed.join("trust");
@@ -120,7 +125,7 @@ impl Case {
             json.to_str().unwrap(),
         ];
         args.extend(extra);
-        common::run(&args, self.dir.path())
+        common::run_env(&args, self.dir.path(), env)
     }
 
     fn junit(&self) -> Report {
@@ -434,12 +439,16 @@ fn doctor_reports_what_this_machine_can_do() {
         assert!(r.stdout.contains(item), "{item}: {}", r.stdout);
     }
     assert!(r.stdout.contains("QEMU emulator version"), "{}", r.stdout);
-    // This machine can make a namespace with a bridge; its kernel has no netem.
+    // This machine gives runs their own bridge (root, dnsmasq from the test bed's host
+    // packages); its kernel has no netem.
+    let network = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("run network"))
+        .unwrap();
     assert!(
-        r.stdout
-            .contains("a namespace of nodegate's own with a bridge and taps can be made"),
-        "{}",
-        r.stdout
+        network.contains("ok") && network.contains("bridge: the run's own namespace"),
+        "{network}"
     );
     let faults = r
         .stdout
@@ -539,4 +548,52 @@ fn a_tampered_bundle_is_never_applied_and_nothing_boots_to_refuse_it() {
     let json = c.json();
     let phases = common::phase_names(&json);
     assert_eq!(phases, ["verify"], "{phases:?}");
+}
+
+/// A check that needs the cluster network on user-mode networking: not run, with the
+/// reason, and nothing booted for it; the network and why are in the report. A bridge
+/// asked for that cannot be had (no dnsmasq on PATH) stops the run with one line, exit 5;
+/// `auto` then falls back to user mode and says why.
+#[test]
+fn without_the_cluster_network_its_checks_are_not_run_and_a_bridge_that_cannot_be_had_is_one_line()
+{
+    let only = ["--exact", "kubelet::kubectl_reaches_pod"];
+    let c = Case::new();
+    let r = c.run("v1-direct", &[&["--network", "user"][..], &only].concat());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    assert_eq!(json["properties"]["network"], "user");
+    assert_eq!(
+        json["properties"]["network.reason"],
+        "asked for (--network user)"
+    );
+    let check = &json["checks"][0];
+    assert_eq!(check["status"], "not-run", "{check}");
+    let reason = check["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("needs the run's cluster network"),
+        "{reason}"
+    );
+    assert!(
+        !common::phase_names(&json).iter().any(|p| p == "boot"),
+        "nothing boots for a check that cannot run: {json}"
+    );
+
+    // Debian puts dnsmasq in /usr/sbin: a PATH without it has none.
+    let no_dnsmasq = [("PATH", "/usr/bin:/bin")];
+    let c = Case::new();
+    let r = c.run_env(
+        "v1-direct",
+        &[&["--network", "bridge"][..], &only].concat(),
+        &no_dnsmasq,
+    );
+    common::assert_refused(&r, 5, "--network bridge", "dnsmasq");
+    let c = Case::new();
+    let r = c.run_env("v1-direct", &only, &no_dnsmasq);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    assert_eq!(json["properties"]["network"], "user");
+    let why = json["properties"]["network.reason"].as_str().unwrap();
+    assert!(why.contains("dnsmasq"), "{why}");
+    assert_eq!(json["checks"][0]["status"], "not-run");
 }

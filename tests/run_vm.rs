@@ -839,6 +839,7 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
         "--control-plane".into(),
         "local".into(),
     ]);
+    let host_before = common::host_network();
     let mut child = common::nodegate()
         .args(&args)
         .current_dir(o.dir.path())
@@ -858,14 +859,34 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
     // 30 s into the boot, as the issue tried it.
     std::thread::sleep(Duration::from_secs(30));
     let report = o.json();
+    assert_eq!(report["properties"]["network"], "bridge", "{report}");
+    // The run's namespace, as nodegate holds it (a descriptor, no name).
+    let ns = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .find_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("nodegate holds the run's namespace");
+    assert!(
+        common::holders(ns).len() > 1,
+        "QEMU, dnsmasq and the control plane live in it"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    // Its processes die with it: QEMU and the control plane (they carry the state dir).
+    // Its processes die with it: QEMU, dnsmasq and the control plane (they carry the
+    // state dir); then nothing holds the namespace, and the host's network is as it was.
     let needle = state.path().display().to_string();
     let t = Instant::now();
     loop {
         let left = leftover_qemus(&report)
             + [
+                "dnsmasq",
                 "etcd",
                 "kube-apiserver",
                 "kube-controller-manager",
@@ -883,6 +904,19 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    while !common::holders(ns).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the run's namespace is still held after SIGKILL: {:?}",
+            common::holders(ns)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        common::host_network(),
+        host_before,
+        "no link, address, route or named namespace left on the host"
+    );
     // Files remain (nothing can remove them at SIGKILL): the control plane's keys...
     let run = run_folder(state.path()).expect("the killed run's folder");
     assert!(run.join("control-plane/pki/ca.key").is_file());

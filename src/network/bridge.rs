@@ -40,7 +40,7 @@ pub enum RunNetworkError {
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
     /// No DHCP server to run.
-    #[error("dnsmasq (the run network's DHCP server) is not on PATH: install dnsmasq-base, or run with --network user")]
+    #[error("dnsmasq (the run network's DHCP server) is not on PATH: install Debian's dnsmasq-base, or run with --network user")]
     MissingDnsmasq,
     /// dnsmasq exited or never said it serves.
     #[error("dnsmasq (the run network's DHCP server) did not start: {reason} (log: {})", log.display())]
@@ -100,10 +100,9 @@ fn slot_addr(slot: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, FIRST_NODE + slot as u8)
 }
 
-/// dnsmasq on PATH, or where Debian's dnsmasq-base puts it (a user's PATH may lack sbin).
+/// dnsmasq on PATH.
 pub(super) fn dnsmasq_bin() -> Option<PathBuf> {
     crate::cluster::find_on_path("dnsmasq", &crate::cluster::provider::env_path())
-        .or_else(|| Some(PathBuf::from("/usr/sbin/dnsmasq")).filter(|p| p.exists()))
 }
 
 /// dnsmasq's arguments: DHCP only (no DNS), static leases for every slot, nothing read

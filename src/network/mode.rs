@@ -79,7 +79,9 @@ fn bridge_blocker(outside: Option<&str>) -> Option<String> {
         return Some(e.to_string());
     }
     if super::bridge::dnsmasq_bin().is_none() {
-        return Some("dnsmasq is not installed (Debian: dnsmasq-base)".into());
+        return Some(
+            "dnsmasq (the run network's DHCP server) is not on PATH (Debian: dnsmasq-base)".into(),
+        );
     }
     None
 }

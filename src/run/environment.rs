@@ -538,6 +538,15 @@ impl Environment for NodeEnvironment<'_> {
         check.decided(&self.verification, self.bundle.as_ref())
     }
 
+    fn unavailable(&mut self, check: &Check) -> Option<String> {
+        let (mode, why) = &self.network_mode;
+        (check.needs_cluster_network() && *mode == NetworkMode::User).then(|| {
+            format!(
+                "needs the run's cluster network; this run is on QEMU's user-mode network ({why})"
+            )
+        })
+    }
+
     fn prepare(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
         if need == Need::Manifest {
             return Ok(());
@@ -624,6 +633,7 @@ impl Environment for NodeEnvironment<'_> {
             bundle: self.bundle.as_ref(),
             guest,
             member,
+            network: self.network_mode.0,
         };
         check.run(&mut env, attempt)
     }

@@ -30,6 +30,11 @@ pub trait Environment {
     fn decided(&mut self, _check: &Check) -> Option<Failure> {
         None
     }
+    /// Why `check` cannot run in this environment at all (it needs the cluster network
+    /// and the run has none), decided before anything is prepared. `None`: run it.
+    fn unavailable(&mut self, _check: &Check) -> Option<String> {
+        None
+    }
 }
 
 /// How the runner treats failures.
@@ -191,6 +196,9 @@ fn run_one(
     emit: &mut dyn FnMut(Event),
 ) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| (stopped(c, &s, false), Some(s));
+    if let Some(reason) = env.unavailable(c) {
+        return (record(c, Status::NotRun, Some(reason)), None);
+    }
     let mut rec = record(c, Status::Failed, None);
     if let Some(failure) = env.decided(c) {
         emit(Event::CheckStarted { id: c.id() });

@@ -34,6 +34,7 @@ struct Scripted {
     failures_seen: Vec<String>,
     panic_on: Option<String>,
     decided: Option<String>,
+    unavailable: Option<String>,
 }
 
 impl Environment for Scripted {
@@ -71,6 +72,9 @@ impl Environment for Scripted {
     fn decided(&mut self, c: &Check) -> Option<Failure> {
         (self.decided.as_deref() == Some(c.name.as_str())).then(|| Failure::new("refused"))
     }
+    fn unavailable(&mut self, c: &Check) -> Option<String> {
+        (self.unavailable.as_deref() == Some(c.name.as_str())).then(|| "no cluster network".into())
+    }
 }
 
 fn fail(m: &str) -> Result<(), Failure> {
@@ -104,6 +108,29 @@ fn a_pass_after_a_failure_is_flaky_not_passed() {
     assert_eq!(r[0].status, Status::Flaky);
     assert_eq!(r[0].attempts.len(), 2);
     assert_eq!(r[0].failure().unwrap().message, "first");
+}
+
+#[test]
+fn a_check_the_environment_cannot_hold_is_not_run_with_its_reason_and_prepares_nothing() {
+    let checks = vec![
+        check("a", Need::Node, false),
+        check("b", Need::Guest, false),
+    ];
+    let mut env = Scripted {
+        unavailable: Some("a".into()),
+        ..Default::default()
+    };
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(r[0].status, Status::NotRun);
+    assert_eq!(r[0].reason.as_deref(), Some("no cluster network"));
+    assert!(r[0].attempts.is_empty(), "never passed, never attempted");
+    assert_eq!(r[1].status, Status::Passed);
+    assert_eq!(
+        env.prepared,
+        vec![(Need::Guest, false)],
+        "nothing booted for a"
+    );
+    assert_eq!(code, exit::PASS);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
     agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
-    upgrade_checks,
+    pod_access_checks, upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -164,6 +164,14 @@ const SPECS: &[Spec] = &[
         destructive: false,
     },
     Spec {
+        name: "pod-kubectl",
+        need: Need::Node,
+        required: &["image"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
         name: "agent-registers",
         need: Need::Guest,
         required: &["budget"],
@@ -220,6 +228,15 @@ const SPECS: &[Spec] = &[
         destructive: true,
     },
 ];
+
+/// The built-ins that need the run's cluster network (the API server reaching the
+/// kubelet, nodes reaching each other): `not run` on user-mode networking.
+const CLUSTER_NETWORK: &[&str] = &["pod-kubectl"];
+
+/// Whether the built-in `name` needs the run's cluster network.
+pub fn needs_cluster_network(name: &str) -> bool {
+    CLUSTER_NETWORK.contains(&name)
+}
 
 fn spec(name: &str) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.name == name)
@@ -354,6 +371,7 @@ impl Builtin {
             "node-taints" => cluster_checks::node_taints(self, env, attempt),
             "pod-runs" => cluster_checks::pod_runs(self, env, attempt),
             "pod-serves" => cluster_checks::pod_serves(self, env, attempt),
+            "pod-kubectl" => pod_access_checks::pod_kubectl(self, env, attempt),
             "agent-registers" => agent_checks::registers(self, env, attempt),
             "agent-heartbeats" => agent_checks::heartbeats(self, env, attempt),
             "agent-link-cut" => agent_checks::link_cut(self, env, attempt),

@@ -327,7 +327,8 @@ pub(super) fn wait_pod(
 }
 
 /// `pod-runs`: a pod pinned to the node runs `command` in `image` to completion and its
-/// log (read on the node) contains `output`.
+/// log (`kubectl logs` on the run's bridge; read on the node in user mode) contains
+/// `output`.
 pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     let m = env.member()?;
     let node = m.node.name().to_string();
@@ -345,20 +346,34 @@ pub fn pod_runs(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     let phase = p["status"]["phase"].as_str().unwrap_or("").to_string();
     let uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
     attempt.note(format!("pod {} {phase}", pod.name));
-    let g = env.guest()?;
-    let log = attempt.exec_root(
-        g.ssh,
-        &format!("cat /var/log/pods/default_{}_{uid}/c/*.log", pod.name),
-    )?;
+    // The Kubernetes path where the API server reaches the kubelet; on user-mode
+    // networking it cannot, and the log is read on the node.
+    let log = if env.network == crate::network::NetworkMode::Bridge {
+        attempt.note("kubectl logs (API server to kubelet)");
+        m.kubectl
+            .run(&["logs", "-n", "default", &pod.name, "-c", "c"])
+            .map_err(|e| Failure::new(format!("kubectl logs {}: {e}", pod.name)))?
+    } else {
+        attempt.note(
+            "log read on the node (user-mode network: the API server cannot reach the kubelet)",
+        );
+        let g = env.guest()?;
+        attempt
+            .exec_root(
+                g.ssh,
+                &format!("cat /var/log/pods/default_{}_{uid}/c/*.log", pod.name),
+            )?
+            .stdout
+    };
     let want = b.param("output");
-    if phase != "Succeeded" || !log.stdout.contains(want) {
+    if phase != "Succeeded" || !log.contains(want) {
         return Err(Failure::mismatch(
             format!(
-                "pod {} on {node} ended {phase}; its log (on the node) lacks the expected output",
+                "pod {} on {node} ended {phase}; its log lacks the expected output",
                 pod.name
             ),
             format!("Succeeded, log containing {want:?}"),
-            format!("{phase}, log {:?}", log.stdout.trim()),
+            format!("{phase}, log {:?}", log.trim()),
         ));
     }
     Ok(())

@@ -71,6 +71,8 @@ pub struct CheckEnv<'a> {
     pub guest: Option<Guest<'a>>,
     /// The cluster membership, for checks that need one.
     pub member: Option<Member<'a>>,
+    /// The run's network: on the bridge the API server reaches every kubelet.
+    pub network: crate::network::NetworkMode,
 }
 
 impl<'a> CheckEnv<'a> {

@@ -12,6 +12,7 @@ mod guest_checks;
 mod image_checks;
 mod integrity_checks;
 pub mod plan;
+mod pod_access_checks;
 mod upgrade_checks;
 pub mod vars;
 

@@ -47,6 +47,11 @@ impl Check {
         format!("{}::{}", self.suite, self.name)
     }
 
+    /// Whether this check needs the run's cluster network (not run without it).
+    pub fn needs_cluster_network(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_cluster_network(&b.name))
+    }
+
     /// Whether this check judges the node's join (`node-ready`): when the image's node
     /// fails to join, it fails with the reason instead of not running.
     pub fn judges_join(&self) -> bool {

@@ -28,12 +28,18 @@ pub struct Run {
 }
 
 pub fn run(args: &[&str], dir: &Path) -> Run {
+    run_env(args, dir, &[])
+}
+
+/// Runs nodegate with extra environment variables.
+pub fn run_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Run {
     let Output {
         status,
         stdout,
         stderr,
     } = nodegate()
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .output()
         .expect("nodegate runs");
@@ -260,4 +266,59 @@ pub fn phase_names(report: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// What the host's own namespace looks like: links, addresses, routes, named namespaces.
+pub fn host_network() -> String {
+    let mut out = String::new();
+    for args in [
+        &["-o", "link"][..],
+        &["-o", "addr"],
+        &["route"],
+        &["-6", "route"],
+    ] {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(o.status.success());
+        // Link counters and address lifetimes change on their own: keep the names.
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            out.push_str(
+                &line
+                    .split(" link/")
+                    .next()
+                    .unwrap()
+                    .replace(char::is_numeric, ""),
+            );
+            out.push('\n');
+        }
+    }
+    let named: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    out + &format!("named namespaces: {named:?}\n")
+}
+
+/// Processes or descriptors, anywhere on the machine, that still hold namespace `inode`.
+pub fn holders(inode: u64) -> Vec<String> {
+    let want = format!("net:[{inode}]");
+    let mut found = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = p.path();
+        if std::fs::read_link(dir.join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want) {
+            found.push(format!("{} lives in it", dir.display()));
+        }
+        for fd in std::fs::read_dir(dir.join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want) {
+                found.push(format!("{} holds it", fd.path().display()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if mounts.contains(&want) {
+        found.push("a bind mount".into());
+    }
+    found
 }

@@ -100,13 +100,26 @@ impl Case {
 
     /// [`Case::run`] with extra environment variables.
     fn run_env(&self, release: &str, extra: &[&str], env: &[(&str, &str)]) -> common::Run {
+        self.run_with(
+            release,
+            &common::repo("profiles/debian-fixture.toml"),
+            extra,
+            env,
+        )
+    }
+
+    /// [`Case::run`] with another profile and extra environment variables.
+    fn run_with(
+        &self,
+        release: &str,
+        profile: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> common::Run {
         let signed = common::testbed("signed", "trust");
         let manifest = signed.join(release).join("node.manifest.json");
         let trust = signed.join("trust");
-        let (suites, profile) = (
-            common::repo("suites"),
-            common::repo("profiles/debian-fixture.toml"),
-        );
+        let suites = common::repo("suites");
         let junit = self.path("out/junit.xml");
         let json = self.path("out/report.json");
         let mut args = vec![
@@ -116,7 +129,7 @@ impl Case {
             "--trust",
             trust.to_str().unwrap(),
             "--profile",
-            &profile,
+            profile,
             "--suites",
             &suites,
             "--junit",
@@ -596,4 +609,42 @@ fn without_the_cluster_network_its_checks_are_not_run_and_a_bridge_that_cannot_b
     let why = json["properties"]["network.reason"].as_str().unwrap();
     assert!(why.contains("dnsmasq"), "{why}");
     assert_eq!(json["checks"][0]["status"], "not-run");
+}
+
+/// More nodes than the run's network or the host's memory holds, or several nodes on
+/// user-mode networking: refused before anything boots, with one line.
+#[test]
+fn more_nodes_than_memory_or_the_network_holds_are_refused_before_anything_starts() {
+    let only = ["--exact", "kubelet::node_ready"];
+    for (args, code, names, reason) in [
+        (
+            &["--nodes", "18"][..],
+            2,
+            "--nodes 18",
+            "a run has 1 to 17 nodes",
+        ),
+        (&["--nodes", "0"], 2, "--nodes 0", "a run has 1 to 17 nodes"),
+        (&["--jobs", "0"], 2, "--jobs 0", "at least one VM"),
+        (&["--nodes", "2"], 5, "--nodes 2", "MiB available"),
+        (
+            &["--nodes", "2", "--network", "user"],
+            5,
+            "--nodes 2",
+            "needs the run's cluster network",
+        ),
+    ] {
+        let c = Case::new();
+        // VMs of 1 TiB each: no host holds two.
+        let profile = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml"))
+            .unwrap()
+            .replace("memory_mib = 2048", "memory_mib = 1048576");
+        let profile = c.write("huge.toml", &profile);
+        let r = c.run_with("v1-direct", &profile, &[args, &only].concat(), &[]);
+        common::assert_refused(&r, code, names, reason);
+        assert!(
+            !c.path("out/report.json").exists()
+                || !common::phase_names(&c.json()).iter().any(|p| p == "boot"),
+            "nothing booted"
+        );
+    }
 }

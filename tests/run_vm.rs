@@ -194,11 +194,13 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         leaked.is_empty(),
         "a bootstrap token was on a host command line: {leaked:#?}"
     );
-    assert!(
-        r.stdout.contains("test kubelet::pinned_pod_runs ... ok"),
-        "{}",
-        r.stdout
-    );
+    for ok in [
+        "test kubelet::pinned_pod_runs ... ok",
+        "test kubelet::kubectl_reaches_pod ... ok",
+        "test kubelet::partition_not_ready_then_ready ... ok",
+    ] {
+        assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
+    }
     assert!(r.stdout.contains("test result: ok."), "{}", r.stdout);
 
     let junit = o.junit();
@@ -206,7 +208,31 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     for s in ["integrity", "containerd", "kubelet", "agent"] {
         assert!(names.contains(&s), "{names:?}");
     }
-    assert_eq!(junit.failures + junit.errors + junit.skipped, 0);
+    assert_eq!(junit.failures + junit.errors, 0);
+    // One node: the cluster suite's checks are not run, each saying why (never passed).
+    let json = o.json();
+    let across: Vec<&serde_json::Value> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["suite"] == "cluster")
+        .collect();
+    assert_eq!(
+        junit.skipped,
+        across.len(),
+        "only the cluster suite is not run"
+    );
+    for c in across {
+        assert_eq!(c["status"], "not-run", "{c}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .unwrap()
+                .contains("needs two nodes or more"),
+            "{c}"
+        );
+    }
+    assert_eq!(json["properties"]["network"], "bridge");
     let listed = common::ok(
         &["run", "--list", "--suites", &common::repo("suites")],
         Path::new("."),
@@ -278,6 +304,89 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
+/// Two nodes of image v1 on the run's own network, one local control plane: each gets its
+/// address from the run's DHCP and its pod range from the controller manager; kubectl
+/// logs/exec/port-forward reach pods on both, pods reach each other across the nodes, the
+/// kubelet port answers between them, and a partitioned node goes NotReady and comes back.
+#[test]
+fn two_nodes_join_one_control_plane_on_the_runs_network() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let o = out();
+    let mut args = o.args();
+    args.extend(
+        [
+            "--suites",
+            &common::repo("suites"),
+            "--suite",
+            "kubelet,cluster",
+            "--tag",
+            "network",
+            "--control-plane",
+            "local",
+            "--nodes",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run(&args, o.dir.path());
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = o.json();
+    for id in [
+        "kubelet::kubectl_reaches_pod",
+        "cluster::pods_across_nodes",
+        "cluster::peer_kubelet_port",
+        "kubelet::partition_not_ready_then_ready",
+    ] {
+        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
+    }
+    let props = json["properties"].as_object().unwrap();
+    assert_eq!(props["network"], "bridge");
+    assert_eq!(props["nodes"], "2");
+    let prop_values = |prefix: &str| -> Vec<String> {
+        props
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Deterministic per slot: 10.0.2.15 and .16, and two different pod ranges.
+    let links = prop_values("network.nodegate-");
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(
+        links[0].starts_with("10.0.2.15 52:54:00:6e:67:00"),
+        "{links:?}"
+    );
+    assert!(
+        links[1].starts_with("10.0.2.16 52:54:00:6e:67:01"),
+        "{links:?}"
+    );
+    let ranges = prop_values("pod_cidr.");
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_ne!(ranges[0], ranges[1]);
+    // Both booted together: two boot phases, each naming its node.
+    let boots: Vec<&str> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "boot")
+        .map(|p| p["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(boots.len(), 2, "{boots:?}");
+    let across = check_in(&json, "id", "kubelet::kubectl_reaches_pod");
+    let out = across["attempts"][0]["output"].as_str().unwrap_or_default();
+    assert_eq!(out.matches("kubectl port-forward ok").count(), 2, "{out}");
+    let partition = check_in(&json, "id", "kubelet::partition_not_ready_then_ready");
+    let out = partition["attempts"][0]["output"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        out.contains("NotReady") && out.contains("after the link came back"),
+        "{out}"
+    );
+    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
 #[test]
 fn retries_mark_flaky_checks_and_timeouts_say_what_they_waited_for() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,16 +427,20 @@ expect = { stdout = "v0.0.0" }
 "#,
     )
     .unwrap();
+    // On QEMU's user-mode network (forced): the fallback carries guest checks as before.
     let mut args = o.args();
     args.extend([
         "--suites".into(),
         suite.display().to_string(),
         "--retries".into(),
         "1".into(),
+        "--network".into(),
+        "user".into(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = common::run(&args, o.dir.path());
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(o.json()["properties"]["network"], "user");
     assert!(
         r.stdout
             .contains("test behaviour::flaky ... FLAKY (passed on attempt 2)"),
@@ -1004,6 +1117,9 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
                 "kubelet",
                 "--control-plane",
                 "auto",
+                // The user-mode fallback's join path (the others run on the bridge).
+                "--network",
+                "user",
             ])
             .current_dir(o.dir.path())
             .env("PATH", path)
@@ -1019,6 +1135,13 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
     assert_eq!(json["properties"]["control_plane"], "local");
+    assert_eq!(json["properties"]["network"], "user");
+    let c = check_in(&json, "id", "kubelet::kubectl_reaches_pod");
+    assert_eq!(c["status"], "not-run", "{c}");
+    assert!(
+        c["reason"].as_str().unwrap().contains("cluster network"),
+        "{c}"
+    );
     let why = json["properties"]["control_plane.reason"].as_str().unwrap();
     assert!(why.contains("only when asked for by name"), "{why}");
     assert!(

@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// VM; checks that need the cluster network are not run).
     #[arg(long, default_value = "auto")]
     network: crate::network::NetworkChoice,
+    /// Nodes that join the cluster together (checks run on the first; cluster checks
+    /// on all). More than one needs the run's bridge.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nodes: usize,
+    /// At most N VMs boot at once (default: as many as the host's cores hold at the
+    /// profile's vCPUs each).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
     /// JUnit XML report.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
@@ -203,6 +211,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         control_plane_reason,
         accel: args.accel,
         network: args.network,
+        nodes: args.nodes,
+        jobs: args.jobs,
         artifacts: args.artifacts.clone(),
         reports: ReportPaths {
             junit: args.junit.clone(),

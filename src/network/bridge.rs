@@ -88,6 +88,8 @@ pub struct RunNetwork {
 pub struct NodeLink {
     /// What QEMU is given.
     pub port: BridgePort,
+    /// Ranges routed to this node at the gateway (its pods).
+    routes: Vec<String>,
     slot: usize,
     slots: Arc<Mutex<[bool; MAX_NODES]>>,
 }
@@ -161,6 +163,12 @@ impl RunNetwork {
             }
         }
         ns.ip(&["link", "set", BRIDGE, "up"])?;
+        // The gateway routes between the nodes' pod ranges (this namespace's own sysctl).
+        ns.within(|| fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
+            .map_err(|source| RunNetworkError::Io {
+                path: "/proc/sys/net/ipv4/ip_forward (in the run's namespace)".into(),
+                source,
+            })?;
 
         let log = dir.join("dnsmasq.log");
         let io = |source| RunNetworkError::Io {
@@ -232,6 +240,7 @@ impl RunNetwork {
                 mac: slot_mac(slot),
                 addr: slot_addr(slot),
             },
+            routes: Vec::new(),
             slot,
             slots: self.slots.clone(),
         };
@@ -255,8 +264,24 @@ impl NodeLink {
     }
 }
 
+impl NodeLink {
+    /// Routes `cidr` (the node's pod range, checked by the caller) to the node at the
+    /// run's gateway, the way a cloud's route table does; removed with the link.
+    pub fn route(&mut self, cidr: &str) -> Result<(), NamespaceError> {
+        let via = self.port.addr.to_string();
+        self.port
+            .ns
+            .ip(&["route", "replace", cidr, "via", &via, "dev", BRIDGE])?;
+        self.routes.push(cidr.to_string());
+        Ok(())
+    }
+}
+
 impl Drop for NodeLink {
     fn drop(&mut self) {
+        for r in &self.routes {
+            let _ = self.port.ns.ip(&["route", "del", r]);
+        }
         let _ = self.port.ns.ip(&["link", "del", &self.port.tap]);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots[self.slot] = false;

@@ -18,11 +18,12 @@ use crate::rundir::{RemoteObject, RunDir};
 use crate::runner::{Environment, Event, Phase, Stop, StopKind};
 use crate::ssh::SshSession;
 use crate::suite::context::shell_quote;
+use crate::suite::multi_node_checks::Peer;
 use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verification};
 use crate::vm::disk::{self, DiskError};
 use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 
-use super::{artifacts, RunConfig};
+use super::{artifacts, pod_network, RunConfig};
 
 /// One booted VM and what belongs to it. Fields drop in order: the Node and its token
 /// first, then the session, then the VM, then its tap on the run's bridge.
@@ -32,9 +33,18 @@ pub struct Machine {
     vm: Vm,
     /// Its own agent endpoint (user mode); on the bridge the run's one endpoint serves all.
     endpoint: Option<AgentEndpoint>,
-    _link: Option<NodeLink>,
+    link: Option<NodeLink>,
     /// Node name (and artifacts sub-folder).
     pub name: String,
+}
+
+/// A VM whose QEMU runs, not yet known to be up.
+struct Booting {
+    vm: Vm,
+    endpoint: Option<AgentEndpoint>,
+    link: Option<NodeLink>,
+    name: String,
+    started: Instant,
 }
 
 /// The run's VMs and control plane.
@@ -55,6 +65,8 @@ pub struct NodeEnvironment<'c> {
     cp: Option<ControlPlane>,
     cp_failed: Option<Stop>,
     shared: Option<Machine>,
+    /// The run's other nodes (`--nodes`), booted and joined with the shared one.
+    peers: Vec<Machine>,
     shared_failed: Option<Stop>,
     fresh: Option<Machine>,
     machines: usize,
@@ -146,6 +158,7 @@ impl<'c> NodeEnvironment<'c> {
             cp: None,
             cp_failed: None,
             shared: None,
+            peers: Vec::new(),
             shared_failed: None,
             fresh: None,
             machines: 0,
@@ -187,6 +200,9 @@ impl<'c> NodeEnvironment<'c> {
                 .get_or_insert_with(|| self.rundir.path().join("control-plane"));
             if let Some(d) = dialer {
                 l.dialer = d;
+                // The kubelets' connections vanish with their VMs without a FIN; the API
+                // server's graceful stop would wait out the whole grace for them.
+                l.grace = l.grace.min(Duration::from_secs(3));
             }
         }
         let reason = self.config.control_plane_reason.clone();
@@ -231,6 +247,18 @@ impl<'c> NodeEnvironment<'c> {
 
     /// Boots a new machine (and joins it when `join`).
     fn machine(&mut self, join: bool, emit: &mut dyn FnMut(Event)) -> Result<Machine, Stop> {
+        let mut v = self.machines_together(1, join, emit)?;
+        Ok(v.remove(0))
+    }
+
+    /// Boots `count` machines, at most `--jobs` at once (the boots overlap: a node's
+    /// boot is mostly waiting), and joins them when `join`.
+    fn machines_together(
+        &mut self,
+        count: usize,
+        join: bool,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Machine>, Stop> {
         if let Verification::Refused(e) = &self.verification {
             return Err(stop(
                 StopKind::Integrity,
@@ -247,6 +275,91 @@ impl<'c> NodeEnvironment<'c> {
         if self.will_join {
             self.control_plane(emit)?;
         }
+        let jobs = self
+            .config
+            .jobs
+            .unwrap_or_else(|| default_jobs(self.config.profile.vm.vcpus))
+            .max(1);
+        emit(Event::Property {
+            name: "jobs".into(),
+            value: jobs.to_string(),
+        });
+        let mut ready = Vec::new();
+        while ready.len() < count {
+            let wave = (count - ready.len()).min(jobs);
+            // QEMU starts on this (the main) thread: its parent-death signal is tied to it.
+            let mut booting = Vec::new();
+            for _ in 0..wave {
+                booting.push(self.start_vm(&boot, emit)?);
+            }
+            let waited: Vec<(Booting, Result<SshSession, VmError>)> = std::thread::scope(|s| {
+                let threads: Vec<_> = booting
+                    .into_iter()
+                    .map(|mut b| {
+                        s.spawn(move || {
+                            let r = b.vm.wait_ready();
+                            (b, r)
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("a boot thread does not panic"))
+                    .collect()
+            });
+            let mut failed = None;
+            let mut wave_ready = Vec::new();
+            // Finished in the reverse order of their start, so each pairs with its own.
+            for (b, r) in waited.into_iter().rev() {
+                let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));
+                emit(Event::PhaseFinished {
+                    phase: Phase::Boot,
+                    duration: b.started.elapsed(),
+                    error: r.as_ref().err().map(|s| s.reason.clone()),
+                });
+                match r {
+                    Ok(ssh) => {
+                        let t = b.vm.timings;
+                        for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
+                            if let Some(v) = v {
+                                emit(Event::Property {
+                                    name: format!("boot.{k}_secs"),
+                                    value: format!("{:.1}", v.as_secs_f64()),
+                                });
+                            }
+                        }
+                        wave_ready.push(Machine {
+                            joined: None,
+                            ssh,
+                            vm: b.vm,
+                            endpoint: b.endpoint,
+                            link: b.link,
+                            name: b.name,
+                        });
+                    }
+                    Err(s) => {
+                        artifacts::keep_console(&b.vm, &self.config.artifacts, &b.name, emit);
+                        failed.get_or_insert(s);
+                    }
+                }
+            }
+            if let Some(s) = failed {
+                return Err(s);
+            }
+            // Started order: the first machine is the one node checks run on.
+            ready.extend(wave_ready.into_iter().rev());
+        }
+        if join {
+            for m in &mut ready {
+                self.join(m, emit)?;
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Prepares one VM's folder, network and agent endpoint and starts QEMU; the boot
+    /// phase starts here.
+    fn start_vm(&mut self, boot: &Boot, emit: &mut dyn FnMut(Event)) -> Result<Booting, Stop> {
         self.machines += 1;
         let name = format!("nodegate-{}-{}", self.run_id, self.machines);
         let p = &self.config.profile;
@@ -260,7 +373,12 @@ impl<'c> NodeEnvironment<'c> {
                     format!("{}: {e}", self.rundir.path().display()),
                 )
             })?;
-        let mut vc = VmConfig::new(&name, self.disk.clone(), boot, temp.path().to_owned());
+        let mut vc = VmConfig::new(
+            &name,
+            self.disk.clone(),
+            boot.clone(),
+            temp.path().to_owned(),
+        );
         vc.image_format = self.disk_format.clone();
         vc.accel = self.config.accel;
         vc.vcpus = p.vm.vcpus;
@@ -307,56 +425,44 @@ impl<'c> NodeEnvironment<'c> {
                 (Some(endpoint), None)
             }
         };
-        let detail = format!("{} ({} boot)", name, vc.boot.kind());
-        let (vm, ssh) = phase(emit, Phase::Boot, detail, |emit| {
-            let fail = |e: VmError| stop(classify_vm(&e), Phase::Boot, e.to_string());
-            let mut vm = Vm::start(vc, Some(temp)).map_err(fail)?;
-            emit(Event::Property {
-                name: "accel".into(),
-                value: vm.accel.accel.as_str().into(),
-            });
-            emit(Event::Property {
-                name: "accel.reason".into(),
-                value: vm.accel.reason.clone(),
-            });
-            match vm.wait_ready() {
-                Ok(ssh) => {
-                    let t = vm.timings;
-                    for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
-                        if let Some(v) = v {
-                            emit(Event::Property {
-                                name: format!("boot.{k}_secs"),
-                                value: format!("{:.1}", v.as_secs_f64()),
-                            });
-                        }
-                    }
-                    Ok((vm, ssh))
-                }
-                Err(e) => {
-                    let s = fail(e);
-                    artifacts::keep_console(&vm, &self.config.artifacts, &name, emit);
-                    Err(s)
-                }
+        emit(Event::PhaseStarted {
+            phase: Phase::Boot,
+            detail: format!("{} ({} boot)", name, vc.boot.kind()),
+        });
+        let started = Instant::now();
+        let vm = match Vm::start(vc, Some(temp)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let s = stop(classify_vm(&e), Phase::Boot, e.to_string());
+                emit(Event::PhaseFinished {
+                    phase: Phase::Boot,
+                    duration: started.elapsed(),
+                    error: Some(s.reason.clone()),
+                });
+                return Err(s);
             }
-        })?;
+        };
+        emit(Event::Property {
+            name: "accel".into(),
+            value: vm.accel.accel.as_str().into(),
+        });
+        emit(Event::Property {
+            name: "accel.reason".into(),
+            value: vm.accel.reason.clone(),
+        });
         if let Some(link) = &link {
             emit(Event::Property {
                 name: format!("network.{name}"),
                 value: format!("{} {} {}", link.port.addr, link.port.mac, link.port.tap),
             });
         }
-        let mut m = Machine {
-            joined: None,
-            ssh,
+        Ok(Booting {
             vm,
             endpoint,
-            _link: link,
+            link,
             name,
-        };
-        if join {
-            self.join(&mut m, emit)?;
-        }
-        Ok(m)
+            started,
+        })
     }
 
     fn join(&mut self, m: &mut Machine, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
@@ -476,6 +582,36 @@ impl<'c> NodeEnvironment<'c> {
             }
         })?;
         m.joined = Some(r);
+        if self.config.nodes > 1 {
+            self.route_pods(m, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Gives a joined node of a multi-node run its part of the pod network: a route to
+    /// its range at the gateway and its CNI configuration (see [`super::pod_network`]).
+    fn route_pods(&mut self, m: &mut Machine, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
+        let (Some(cp), Some(link)) = (&self.cp, m.link.as_mut()) else {
+            return Ok(());
+        };
+        let fail = |e: String| {
+            stop(
+                StopKind::Infrastructure,
+                Phase::Join,
+                format!("{}: pod network: {e}", m.name),
+            )
+        };
+        let cidr =
+            pod_network::pod_cidr(&cp.kubectl, &m.name, Duration::from_secs(60)).map_err(fail)?;
+        if pod_network::parse_cidr(&cidr).is_none() {
+            return Err(fail(format!("podCIDR {cidr:?} is not an IPv4 range")));
+        }
+        link.route(&cidr).map_err(|e| fail(e.to_string()))?;
+        pod_network::install(&mut m.ssh, &cidr).map_err(fail)?;
+        emit(Event::Property {
+            name: format!("pod_cidr.{}", m.name),
+            value: cidr,
+        });
         Ok(())
     }
 
@@ -521,6 +657,9 @@ impl<'c> NodeEnvironment<'c> {
         if let Some(m) = self.fresh.take() {
             self.release(m, emit);
         }
+        for m in std::mem::take(&mut self.peers) {
+            self.release(m, emit);
+        }
         if let Some(m) = self.shared.take() {
             self.release(m, emit);
         }
@@ -540,9 +679,15 @@ impl Environment for NodeEnvironment<'_> {
 
     fn unavailable(&mut self, check: &Check) -> Option<String> {
         let (mode, why) = &self.network_mode;
-        (check.needs_cluster_network() && *mode == NetworkMode::User).then(|| {
-            format!(
+        if check.needs_cluster_network() && *mode == NetworkMode::User {
+            return Some(format!(
                 "needs the run's cluster network; this run is on QEMU's user-mode network ({why})"
+            ));
+        }
+        (check.needs_several_nodes() && (self.config.nodes < 2 || check.destructive)).then(|| {
+            format!(
+                "needs two nodes or more; this run has {} (--nodes)",
+                self.config.nodes
             )
         })
     }
@@ -554,11 +699,23 @@ impl Environment for NodeEnvironment<'_> {
         if let Some(s) = &self.shared_failed {
             return Err(s.clone());
         }
+        let join = need == Need::Node;
         let r = match self.shared.take() {
-            None => self.machine(need == Need::Node, emit),
+            None => self
+                .machines_together(self.config.nodes, join, emit)
+                .map(|mut all| {
+                    let first = all.remove(0);
+                    self.peers = all;
+                    first
+                }),
             Some(mut m) => {
-                if need == Need::Node && m.joined.is_none() {
-                    self.join(&mut m, emit).map(|_| m)
+                if join && m.joined.is_none() {
+                    let mut peers = std::mem::take(&mut self.peers);
+                    let r = self
+                        .join(&mut m, emit)
+                        .and_then(|_| peers.iter_mut().try_for_each(|p| self.join(p, emit)));
+                    self.peers = peers;
+                    r.map(|_| m)
                 } else {
                     Ok(m)
                 }
@@ -602,6 +759,20 @@ impl Environment for NodeEnvironment<'_> {
         };
         let kubectl = self.cp.as_ref().map(|cp| &cp.kubectl);
         let shared_endpoint = self.endpoint.as_mut();
+        let peers = if check.destructive {
+            Vec::new()
+        } else {
+            self.peers
+                .iter_mut()
+                .filter_map(|p| {
+                    Some(Peer {
+                        name: &p.name,
+                        addr: p.link.as_ref()?.port.addr,
+                        ssh: &mut p.ssh,
+                    })
+                })
+                .collect()
+        };
         let (guest, member) = match machine {
             Some(m) => {
                 let endpoint = match m.endpoint.as_mut().or(shared_endpoint) {
@@ -618,6 +789,7 @@ impl Environment for NodeEnvironment<'_> {
                         ssh: &mut m.ssh,
                         name: &m.name,
                         endpoint,
+                        link: m.link.as_ref(),
                     }),
                     member,
                 )
@@ -634,6 +806,7 @@ impl Environment for NodeEnvironment<'_> {
             guest,
             member,
             network: self.network_mode.0,
+            peers,
         };
         check.run(&mut env, attempt)
     }
@@ -660,6 +833,14 @@ impl Machine {
     pub fn vm(&self) -> &Vm {
         &self.vm
     }
+}
+
+/// How many VMs boot at once unless `--jobs` says: as many as the host's cores hold at
+/// `vcpus` each (at least one). Under TCG a guest's vCPUs are busy threads, so on two
+/// cores two 2-vCPU guests booting together take as long as one after the other.
+fn default_jobs(vcpus: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / vcpus.max(1) as usize).max(1)
 }
 
 /// The artifacts sub-folder of a machine.

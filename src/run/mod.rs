@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod environment;
+mod pod_network;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,10 @@ pub struct RunConfig {
     pub accel: AccelChoice,
     /// The network asked for.
     pub network: NetworkChoice,
+    /// Nodes that boot and join together (the first is where node checks run).
+    pub nodes: usize,
+    /// At most this many VMs boot at once (`None`: as many as the cores hold).
+    pub jobs: Option<usize>,
     /// Artifacts folder.
     pub artifacts: PathBuf,
     /// Report files.
@@ -113,6 +118,49 @@ fn reads_image(def: &suite::CheckDef) -> bool {
     match &def.builtin {
         Some(b) => b == "image-files-absent" || suite::builtin::need(b).0 != Need::Manifest,
         None => true,
+    }
+}
+
+/// Whether the host can hold the run's nodes: their number on the run's network, and
+/// their memory (the nodes, plus the fresh node of a destructive check, at once).
+fn check_capacity(
+    config: &RunConfig,
+    network: &(crate::network::NetworkMode, String),
+    checks: &[suite::Check],
+) -> Result<(), RunError> {
+    use crate::network::{NetworkMode, MAX_NODES};
+    let n = config.nodes;
+    if n == 0 || n > MAX_NODES {
+        return Err(RunError::Usage(format!(
+            "--nodes {n}: a run has 1 to {MAX_NODES} nodes"
+        )));
+    }
+    if config.jobs == Some(0) {
+        return Err(RunError::Usage(
+            "--jobs 0: at least one VM must boot".into(),
+        ));
+    }
+    if n > 1 && network.0 == NetworkMode::User {
+        return Err(RunError::Environment(format!(
+            "--nodes {n} needs the run's cluster network; this run gets user-mode networking: {}",
+            network.1
+        )));
+    }
+    let boots = checks.iter().any(|c| c.need != Need::Manifest);
+    let at_once = n + usize::from(checks.iter().any(|c| c.destructive));
+    let per_vm = config.profile.vm.memory_mib + crate::vm::QEMU_OVERHEAD_MIB;
+    let needed = at_once as u64 * per_vm;
+    match crate::vm::mem_available_mib() {
+        Some(available) if boots && needed > available => Err(RunError::Environment(format!(
+            "{at_once} VMs at once (--nodes {n}{}) need {needed} MiB ({per_vm} MiB each: the \
+             profile's vm.memory_mib and QEMU's own); this host has {available} MiB available",
+            if at_once > n {
+                " and a destructive check's own node"
+            } else {
+                ""
+            }
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -401,7 +449,9 @@ pub fn execute(
         .network
         .decide(outside.as_deref())
         .map_err(RunError::Environment)?;
+    check_capacity(config, &network, &checks)?;
     let mut props = properties(config, &verification, manifest.as_ref());
+    props.insert("nodes".into(), config.nodes.to_string());
     props.insert("network".into(), network.0.name().into());
     props.insert("network.reason".into(), network.1.clone());
     let mut writer = ReportWriter::new(config.reports.clone(), props);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
     agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
-    pod_access_checks, upgrade_checks,
+    multi_node_checks, partition_checks, pod_access_checks, upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -172,6 +172,30 @@ const SPECS: &[Spec] = &[
         destructive: false,
     },
     Spec {
+        name: "pods-across-nodes",
+        need: Need::Node,
+        required: &["image"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "peer-port",
+        need: Need::Node,
+        required: &["port", "reachable"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "node-partition",
+        need: Need::Node,
+        required: &["down", "budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
         name: "agent-registers",
         need: Need::Guest,
         required: &["budget"],
@@ -231,11 +255,24 @@ const SPECS: &[Spec] = &[
 
 /// The built-ins that need the run's cluster network (the API server reaching the
 /// kubelet, nodes reaching each other): `not run` on user-mode networking.
-const CLUSTER_NETWORK: &[&str] = &["pod-kubectl"];
+const CLUSTER_NETWORK: &[&str] = &[
+    "pod-kubectl",
+    "pods-across-nodes",
+    "peer-port",
+    "node-partition",
+];
+
+/// The built-ins that look across nodes: `not run` in a run of one node.
+const MULTI_NODE: &[&str] = &["pods-across-nodes", "peer-port"];
 
 /// Whether the built-in `name` needs the run's cluster network.
 pub fn needs_cluster_network(name: &str) -> bool {
     CLUSTER_NETWORK.contains(&name)
+}
+
+/// Whether the built-in `name` needs at least two nodes.
+pub fn needs_several_nodes(name: &str) -> bool {
+    MULTI_NODE.contains(&name)
 }
 
 fn spec(name: &str) -> Option<&'static Spec> {
@@ -330,10 +367,22 @@ impl Builtin {
                         Err("param `count` must be at least 2".into())
                     }
                 }),
+            "node-partition" => self
+                .duration("down")
+                .and(self.duration("budget"))
+                .map(|_| ()),
             "agent-link-cut" => self
                 .duration("down")
                 .and(self.duration("budget"))
                 .map(|_| ()),
+            "peer-port" => {
+                multi_node_checks::expected_reachable(self.param("reachable")).and_then(|_| {
+                    self.param("port")
+                        .parse::<u16>()
+                        .map(|_| ())
+                        .map_err(|e| format!("param `port`: {e}"))
+                })
+            }
             "service-recovers" => match self.param("evidence") {
                 "" | "node-lease" => Ok(()),
                 other => Err(format!("param `evidence` = {other:?}: only \"node-lease\"")),
@@ -372,6 +421,9 @@ impl Builtin {
             "pod-runs" => cluster_checks::pod_runs(self, env, attempt),
             "pod-serves" => cluster_checks::pod_serves(self, env, attempt),
             "pod-kubectl" => pod_access_checks::pod_kubectl(self, env, attempt),
+            "pods-across-nodes" => multi_node_checks::pods_across_nodes(self, env, attempt),
+            "peer-port" => multi_node_checks::peer_port(self, env, attempt),
+            "node-partition" => partition_checks::node_partition(self, env, attempt),
             "agent-registers" => agent_checks::registers(self, env, attempt),
             "agent-heartbeats" => agent_checks::heartbeats(self, env, attempt),
             "agent-link-cut" => agent_checks::link_cut(self, env, attempt),

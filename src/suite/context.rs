@@ -42,6 +42,8 @@ pub struct Guest<'a> {
     pub name: &'a str,
     /// The agent endpoint forwarded into this guest.
     pub endpoint: &'a mut AgentEndpoint,
+    /// Its tap on the run's bridge (none in user mode).
+    pub link: Option<&'a crate::network::NodeLink>,
 }
 
 /// A guest joined to a control plane.
@@ -73,6 +75,8 @@ pub struct CheckEnv<'a> {
     pub member: Option<Member<'a>>,
     /// The run's network: on the bridge the API server reaches every kubelet.
     pub network: crate::network::NetworkMode,
+    /// The run's other nodes (`--nodes`), for checks across nodes.
+    pub peers: Vec<super::multi_node_checks::Peer<'a>>,
 }
 
 impl<'a> CheckEnv<'a> {
@@ -81,6 +85,13 @@ impl<'a> CheckEnv<'a> {
         self.guest
             .as_mut()
             .ok_or_else(|| Failure::new("internal: no guest for a guest check"))
+    }
+
+    /// The joined node's name and its peers' (`--nodes`), the node checks run on first.
+    pub fn node_names(&self) -> Result<Vec<String>, Failure> {
+        let mut names = vec![self.member()?.node.name().to_string()];
+        names.extend(self.peers.iter().map(|p| p.name.to_string()));
+        Ok(names)
     }
 
     /// The cluster membership (present for checks that need the joined node).

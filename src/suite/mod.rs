@@ -11,6 +11,8 @@ pub mod context;
 mod guest_checks;
 mod image_checks;
 mod integrity_checks;
+pub mod multi_node_checks;
+mod partition_checks;
 pub mod plan;
 mod pod_access_checks;
 mod upgrade_checks;

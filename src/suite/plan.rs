@@ -52,6 +52,11 @@ impl Check {
         matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_cluster_network(&b.name))
     }
 
+    /// Whether this check needs two nodes or more (not run in a run of one).
+    pub fn needs_several_nodes(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_several_nodes(&b.name))
+    }
+
     /// Whether this check judges the node's join (`node-ready`): when the image's node
     /// fails to join, it fails with the reason instead of not running.
     pub fn judges_join(&self) -> bool {

@@ -1,5 +1,5 @@
 //! `pod-kubectl`: the Kubernetes path to a pod works: `kubectl logs`, `kubectl exec` and
-//! `kubectl port-forward` reach a pod on the node. Each goes from the API server to the
+//! `kubectl port-forward` reach a pod on every node of the run. Each goes from the API server to the
 //! node's kubelet on 10250, so this needs the run's cluster network.
 
 use std::io::{Read, Write};
@@ -124,33 +124,39 @@ fn kubectl_port_forward(
     page.map(|_| ())
 }
 
-/// `pod-kubectl`: a pod pinned to the node serves a page and prints a line; `kubectl
-/// logs` shows the line, `kubectl exec` reads the page's file, `kubectl port-forward`
-/// serves the page.
+/// `pod-kubectl`: on every node of the run, a pinned pod serves a page and prints a
+/// line; `kubectl logs` shows the line, `kubectl exec` reads the page's file, `kubectl
+/// port-forward` serves the page.
 pub fn pod_kubectl(
     b: &Builtin,
     env: &mut CheckEnv<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
+    let nodes = env.node_names()?;
     let m = env.member()?;
-    let node = m.node.name().to_string();
+    for node in &nodes {
+        reach_pod_on(b.param("image"), m.kubectl, node, env.scratch, attempt)?;
+    }
+    Ok(())
+}
+
+fn reach_pod_on(
+    image: &str,
+    kubectl: &crate::cluster::Kubectl,
+    node: &str,
+    scratch: &std::path::Path,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
     let marker = format!("nodegate-kubectl-{}", std::process::id());
     let command = format!(
         "echo {marker}-log; mkdir -p /tmp/w && echo {marker}-page > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
     );
-    let pod = create_pod(
-        m.kubectl,
-        &node,
-        "kubectl",
-        b.param("image"),
-        &command,
-        attempt,
-    )?;
-    wait_pod(&pod, &node, attempt, "Running", |p| {
+    let pod = create_pod(kubectl, node, "kubectl", image, &command, attempt)?;
+    wait_pod(&pod, node, attempt, "Running", |p| {
         p["status"]["phase"] == "Running" || p["status"]["phase"] == "Failed"
     })?;
     let within = Duration::from_secs(30).min(attempt.remaining());
-    let log = env.scratch.join(format!("{}.port-forward.log", pod.name));
+    let log = scratch.join(format!("{}.port-forward.log", pod.name));
     let steps: [Step<'_>; 3] = [
         (
             "kubectl logs",
@@ -174,7 +180,10 @@ pub fn pod_kubectl(
                 e,
             )
         })?;
-        attempt.note(format!("{what}: ok in {:.1}s", t.elapsed().as_secs_f64()));
+        attempt.note(format!(
+            "{node}: {what} ok in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
     }
     let _ = std::fs::remove_file(&log);
     Ok(())

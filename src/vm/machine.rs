@@ -252,7 +252,7 @@ pub fn mem_available_mib() -> Option<u64> {
 }
 
 /// QEMU's own memory on top of the guest's, for the availability check.
-const QEMU_OVERHEAD_MIB: u64 = 256;
+pub const QEMU_OVERHEAD_MIB: u64 = 256;
 
 fn free_port() -> io::Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;

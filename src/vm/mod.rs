@@ -16,4 +16,4 @@ pub mod rootfs;
 pub mod seed;
 
 pub use config::{AccelChoice, Boot, BootTimeouts, GuestForward, VmConfig};
-pub use machine::{mem_available_mib, BootTimings, Phase, Vm, VmError};
+pub use machine::{mem_available_mib, BootTimings, Phase, Vm, VmError, QEMU_OVERHEAD_MIB};

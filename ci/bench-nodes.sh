@@ -13,7 +13,7 @@ cargo build --release --locked --quiet
 ng=$repo/target/release/nodegate
 signed=${NODEGATE_CACHE:-$HOME/.cache/nodegate}/signed
 work=$(mktemp -d /tmp/nodegate-bench-nodes.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+echo "== reports in $work"
 
 ready_run() { # N JOBS: boots N nodes, at most JOBS at once, joins them, checks Ready
   "$ng" run --jobs "$2" --manifest "$signed/v1-direct/node.manifest.json" --trust "$signed/trust" \

@@ -5,8 +5,11 @@
 use std::net::Ipv4Addr;
 
 use super::builtin::Builtin;
+use std::time::Duration;
+
 use super::cluster_checks::{create_pod, wait_pod, PodGuard};
 use super::context::{Attempt, CheckEnv, Failure};
+use super::pod_access_checks::retry;
 
 /// Another node of the run, as a check sees it.
 pub struct Peer<'a> {
@@ -64,23 +67,23 @@ pub fn pods_across_nodes(
             let fetch =
                 format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 8080");
             let want = format!("served-by-{to}");
-            let mut last = String::new();
-            let reached = (0..10).any(|_| {
-                match m.kubectl.run(&[
-                    "exec", "-n", "default", &pod.name, "-c", "c", "--", "sh", "-c", &fetch,
-                ]) {
-                    Ok(out) if out.contains(&want) => true,
-                    Ok(out) => {
-                        last = out.trim().to_string();
-                        false
-                    }
-                    Err(e) => {
-                        last = e.to_string();
-                        std::thread::sleep(std::time::Duration::from_secs(1));
-                        false
-                    }
+            let got = retry(Duration::from_secs(30), || {
+                let out = m
+                    .kubectl
+                    .run(&[
+                        "exec", "-n", "default", &pod.name, "-c", "c", "--", "sh", "-c", &fetch,
+                    ])
+                    .map_err(|e| e.to_string())?;
+                if out.contains(&want) {
+                    Ok(())
+                } else {
+                    Err(out.trim().to_string())
                 }
             });
+            let (reached, last) = match got {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, e),
+            };
             attempt.note(format!(
                 "{from} -> {to} ({ip}): {}",
                 if reached { "ok" } else { &last }

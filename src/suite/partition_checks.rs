@@ -77,7 +77,6 @@ pub fn node_partition(
     let not_ready = wait_status(kubectl, &node, down, |s| s != "True");
     std::thread::sleep(down.saturating_sub(cut.elapsed()));
     drop(heal);
-    let healed = Instant::now();
     attempt.note(format!(
         "{node}: link up after {:.1}s",
         cut.elapsed().as_secs_f64()
@@ -108,6 +107,5 @@ pub fn node_partition(
         back.as_secs_f64(),
         not_ready.as_secs_f64()
     ));
-    let _ = healed;
     Ok(())
 }

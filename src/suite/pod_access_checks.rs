@@ -10,21 +10,25 @@ use super::builtin::Builtin;
 use super::cluster_checks::{create_pod, wait_pod, PodGuard};
 use super::context::{Attempt, CheckEnv, Failure};
 use crate::process::ProcessGroup;
+use crate::wait::{wait_until, Poll, WaitError};
 
 /// One way to reach the pod: its name and the attempt.
 type Step<'a> = (&'static str, Box<dyn Fn() -> Result<(), String> + 'a>);
 
-/// Retries `f` every second until it gives `Some` or `within` passes; the last error
-/// is kept for the failure.
-fn retry<T>(within: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
-        }
-    }
+/// Retries `f` every second (the project's [`wait_until`]) until it gives `Ok` or
+/// `within` passes; the last error is kept for the failure.
+pub(super) fn retry<T>(
+    within: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    wait_until("the pod", within, Duration::from_secs(1), || match f() {
+        Ok(v) => Poll::Ready(v),
+        Err(e) => Poll::Pending(e),
+    })
+    .map_err(|e| match e {
+        WaitError::Timeout { last: Some(l), .. } => l,
+        e => e.to_string(),
+    })
 }
 
 fn kubectl_logs(pod: &PodGuard<'_>, want: &str) -> Result<(), String> {

@@ -149,3 +149,114 @@ fn a_sigkilled_holder_leaves_no_namespace_process_or_link() {
         "nothing reached the host's namespace"
     );
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| {
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+/// A node's wire through vde2's real switch and wirefilter, with a tap in a second
+/// namespace standing where QEMU plugs in: frames towards the "node" take the latency and
+/// the loss set on the filter, and dropping the wire stops every emulator process.
+#[test]
+fn a_wire_through_wirefilter_delays_and_drops_frames_towards_the_node() {
+    use nodegate::network::shaping::{Impairment, Wire};
+    let path = std::env::var("PATH").unwrap_or_default();
+    let find = |bin: &str| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(bin))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!("{bin} is not on PATH: CI installs vde2 (fixtures/host-packages.txt)")
+            })
+    };
+    let (switch, filter, plug) = (find("vde_switch"), find("wirefilter"), find("vde_plug2tap"));
+    let before = host_network();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = std::sync::Arc::new(Namespace::create().unwrap());
+    bridge_and_tap(&bridge);
+    bridge.ip(&["link", "set", "tap0", "up"]).unwrap();
+    let wire = Wire::start(&bridge, &switch, &filter, "tap0", dir.path()).unwrap();
+
+    // The node's side: a tap plugged into the wire's QEMU switch, in its own namespace.
+    let node = Namespace::create().unwrap();
+    for args in [
+        &["tuntap", "add", "dev", "tapq", "mode", "tap"][..],
+        &["addr", "add", "10.77.0.2/24", "dev", "tapq"],
+        &["link", "set", "tapq", "up"],
+    ] {
+        node.ip(args).unwrap();
+    }
+    let mut cmd = Command::new(plug);
+    cmd.arg("-s").arg(&wire.qemu_socket).arg("tapq");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _plug = ProcessGroup::spawn("vde_plug2tap", node.enter(&mut cmd)).unwrap();
+    let listener = node
+        .within(|| TcpListener::bind((Ipv4Addr::new(10, 77, 0, 2), 0)))
+        .unwrap()
+        .unwrap();
+    let to_node = listener.local_addr().unwrap();
+    let accept = std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let connect = |timeout: Duration| -> Result<Duration, std::io::Error> {
+        let t = Instant::now();
+        bridge.connect(to_node, timeout).map(|_| t.elapsed())
+    };
+    // The plug needs a moment; then a connection opens quickly.
+    let t = Instant::now();
+    while connect(Duration::from_secs(1)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no path through the wire"
+        );
+    }
+    let plain = connect(Duration::from_secs(5)).unwrap();
+
+    let latency = Impairment {
+        latency: Duration::from_millis(300),
+        loss_percent: 0.0,
+    };
+    wire.set(&latency).unwrap();
+    let slow = connect(Duration::from_secs(5)).unwrap();
+    assert!(
+        slow >= Duration::from_millis(300),
+        "the SYN towards the node was not held: {slow:?} (unshaped {plain:?})"
+    );
+    wire.set(&Impairment {
+        latency: Duration::ZERO,
+        loss_percent: 100.0,
+    })
+    .unwrap();
+    assert!(
+        connect(Duration::from_secs(2)).is_err(),
+        "with every frame towards the node lost, a connection opened"
+    );
+    wire.set(&Impairment {
+        latency: Duration::ZERO,
+        loss_percent: 0.0,
+    })
+    .unwrap();
+    connect(Duration::from_secs(5)).expect("cleared, the wire carries frames again");
+    println!("connect: unshaped {plain:?}, 300 ms towards the node {slow:?}");
+
+    let needle = dir.path().display().to_string();
+    assert!(!processes_mentioning(&needle).is_empty());
+    drop(wire);
+    let gone = processes_mentioning(&needle);
+    assert!(gone.iter().all(|p| p.contains("vde_plug2tap")), "{gone:?}");
+    drop(accept);
+    assert_eq!(host_network(), before, "the host's namespace changed");
+}

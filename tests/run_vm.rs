@@ -198,6 +198,8 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         "test kubelet::pinned_pod_runs ... ok",
         "test kubelet::kubectl_reaches_pod ... ok",
         "test kubelet::partition_not_ready_then_ready ... ok",
+        "test agent::heartbeats_under_latency_and_loss ... ok",
+        "test agent::reregisters_after_partition ... ok",
     ] {
         assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
     }
@@ -233,6 +235,14 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         );
     }
     assert_eq!(json["properties"]["network"], "bridge");
+    // This machine's kernel has no netem: the link emulator shaped the agent's link.
+    let shaping = json["properties"]["link.shaping"]
+        .as_str()
+        .unwrap_or("absent");
+    assert!(["netem", "wirefilter"].contains(&shaping), "{shaping}");
+    let shaped = check_in(&json, "id", "agent::heartbeats_under_latency_and_loss");
+    let out = shaped["attempts"][0]["output"].as_str().unwrap_or_default();
+    assert!(out.contains("200 ms latency, 10% loss"), "{out}");
     let listed = common::ok(
         &["run", "--list", "--suites", &common::repo("suites")],
         Path::new("."),
@@ -307,7 +317,8 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
 /// Two nodes of image v1 on the run's own network, one local control plane: each gets its
 /// address from the run's DHCP and its pod range from the controller manager; kubectl
 /// logs/exec/port-forward reach pods on both, pods reach each other across the nodes, the
-/// kubelet port answers between them, and a partitioned node goes NotReady and comes back.
+/// kubelet port answers between them, a ClusterIP Service reaches both nodes' pods from
+/// each node (kube-proxy), and a partitioned node goes NotReady and comes back.
 #[test]
 fn two_nodes_join_one_control_plane_on_the_runs_network() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,6 +346,7 @@ fn two_nodes_join_one_control_plane_on_the_runs_network() {
     for id in [
         "kubelet::kubectl_reaches_pod",
         "cluster::pods_across_nodes",
+        "cluster::service_across_nodes",
         "cluster::peer_kubelet_port",
         "kubelet::partition_not_ready_then_ready",
     ] {
@@ -376,6 +388,12 @@ fn two_nodes_join_one_control_plane_on_the_runs_network() {
     let across = check_in(&json, "id", "kubelet::kubectl_reaches_pod");
     let out = across["attempts"][0]["output"].as_str().unwrap_or_default();
     assert_eq!(out.matches("kubectl port-forward ok").count(), 2, "{out}");
+    // The Service answered from both nodes, each time from both nodes' backends.
+    let service = check_in(&json, "id", "cluster::service_across_nodes");
+    let out = service["attempts"][0]["output"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(out.matches("answered by {").count(), 2, "{out}");
     let partition = check_in(&json, "id", "kubelet::partition_not_ready_then_ready");
     let out = partition["attempts"][0]["output"]
         .as_str()

@@ -542,6 +542,15 @@ pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
             .arg("--kubeconfig")
             .arg(&admin),
     )?;
+    // kube-proxy on the nodes runs with the node's own credentials (the image's unit):
+    // this cluster grants its nodes kube-proxy's role, as a provider's control plane does
+    // for the proxies it ships.
+    kubectl.create(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nodegate:node-proxier"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    }))?;
     let guest_server = format!("https://{guest}:{port}");
     adapt_cluster_info(&kubectl, &guest_server)?;
 

@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::shaping::{self, Impairment, Shaper, Wire};
 use super::{Dialer, Namespace, NamespaceError};
 use crate::process::ProcessGroup;
 use crate::wait::{wait_until, Poll};
@@ -50,6 +51,14 @@ pub enum RunNetworkError {
         /// What it said.
         reason: String,
     },
+    /// The link emulator for a node.
+    #[error("the link emulator for {tap}: {reason}")]
+    Emulator {
+        /// The node's tap.
+        tap: String,
+        /// What failed.
+        reason: String,
+    },
     /// Every slot is taken.
     #[error("the run network holds at most {MAX_NODES} nodes at once")]
     Full,
@@ -74,6 +83,8 @@ pub struct BridgePort {
     pub mac: String,
     /// The address DHCP gives that MAC.
     pub addr: Ipv4Addr,
+    /// The link emulator's switch QEMU plugs into instead of the tap (wirefilter).
+    pub vde: Option<PathBuf>,
 }
 
 /// A bridge in a namespace of the run's own, with DHCP on it.
@@ -82,6 +93,10 @@ pub struct RunNetwork {
     _dnsmasq: ProcessGroup,
     ns: Arc<Namespace>,
     slots: Arc<Mutex<[bool; MAX_NODES]>>,
+    /// How nodes' links are shaped, or why they cannot be; `None` when the run asked for
+    /// no shaping (its nodes' frames then go straight to their taps).
+    shaper: Option<Result<Shaper, String>>,
+    dir: PathBuf,
 }
 
 /// A node's tap on the bridge; dropping it removes the tap and frees the slot.
@@ -90,6 +105,10 @@ pub struct NodeLink {
     pub port: BridgePort,
     /// Ranges routed to this node at the gateway (its pods).
     routes: Vec<String>,
+    /// Its wire through the link emulator (wirefilter), if the run shapes links with it.
+    wire: Option<Wire>,
+    /// Whether the link can be shaped (netem or its wire).
+    shapeable: bool,
     slot: usize,
     slots: Arc<Mutex<[bool; MAX_NODES]>>,
 }
@@ -146,7 +165,12 @@ fn dnsmasq_args(pid_file: &Path) -> Vec<String> {
 impl RunNetwork {
     /// Makes the namespace and the bridge (the gateway address and `services`, the
     /// addresses the run's servers listen on), and starts DHCP; its log goes to `dir`.
-    pub fn create(services: &[Ipv4Addr], dir: &Path) -> Result<RunNetwork, RunNetworkError> {
+    /// With `shape`, it finds how nodes' links can be shaped ([`Shaper::detect`]).
+    pub fn create(
+        services: &[Ipv4Addr],
+        dir: &Path,
+        shape: bool,
+    ) -> Result<RunNetwork, RunNetworkError> {
         let dnsmasq = dnsmasq_bin().ok_or(RunNetworkError::MissingDnsmasq)?;
         fs::create_dir_all(dir).map_err(|source| RunNetworkError::Io {
             path: dir.to_owned(),
@@ -205,11 +229,19 @@ impl RunNetwork {
             },
         )
         .map_err(|e| fail(e.to_string()))?;
+        let shaper = shape.then(|| Shaper::detect(&ns));
         Ok(RunNetwork {
             _dnsmasq: group,
             ns,
             slots: Arc::new(Mutex::new([false; MAX_NODES])),
+            shaper,
+            dir: dir.to_owned(),
         })
+    }
+
+    /// How the nodes' links are shaped, or why they cannot be (`None`: not asked for).
+    pub fn shaper(&self) -> Option<&Result<Shaper, String>> {
+        self.shaper.as_ref()
     }
 
     /// The namespace.
@@ -233,22 +265,32 @@ impl RunNetwork {
             slots[slot] = true;
             slot
         };
-        let link = NodeLink {
+        let mut link = NodeLink {
             port: BridgePort {
                 ns: self.ns.clone(),
                 tap: format!("ngtap{slot}"),
                 mac: slot_mac(slot),
                 addr: slot_addr(slot),
+                vde: None,
             },
             routes: Vec::new(),
+            wire: None,
+            shapeable: matches!(self.shaper, Some(Ok(_))),
             slot,
             slots: self.slots.clone(),
         };
-        let tap = link.port.tap.as_str();
+        let tap = link.port.tap.clone();
         // A failure here drops `link`, which frees the slot and removes a half-made tap.
-        self.ns.ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
-        self.ns.ip(&["link", "set", tap, "master", BRIDGE])?;
-        self.ns.ip(&["link", "set", tap, "up"])?;
+        self.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        self.ns.ip(&["link", "set", &tap, "master", BRIDGE])?;
+        self.ns.ip(&["link", "set", &tap, "up"])?;
+        if let Some(Ok(Shaper::Wirefilter { switch, filter })) = &self.shaper {
+            let dir = self.dir.join(format!("link{slot}"));
+            let wire = Wire::start(&self.ns, switch, filter, &tap, &dir)
+                .map_err(|reason| RunNetworkError::Emulator { tap, reason })?;
+            link.port.vde = Some(wire.qemu_socket.clone());
+            link.wire = Some(wire);
+        }
         Ok(link)
     }
 }
@@ -262,9 +304,23 @@ impl NodeLink {
             .ip(&["link", "set", &self.port.tap, state])
             .map(|_| ())
     }
-}
 
-impl NodeLink {
+    /// Partitions the node (its link down) until the guard is dropped.
+    pub fn cut(&self) -> Result<LinkCut<'_>, NamespaceError> {
+        self.set_up(false)?;
+        Ok(LinkCut(self))
+    }
+
+    /// Shapes the frames towards the node as `imp` says until the guard is dropped.
+    /// Fails when the run has no shaper (it did not ask for one, or the machine has none).
+    pub fn shape(&self, imp: &Impairment) -> Result<Shaped<'_>, String> {
+        if !self.shapeable {
+            return Err(format!("{}: this run does not shape links", self.port.tap));
+        }
+        shaping::apply(&self.port.ns, &self.port.tap, self.wire.as_ref(), Some(imp))?;
+        Ok(Shaped(self))
+    }
+
     /// Routes `cidr` (the node's pod range, checked by the caller) to the node at the
     /// run's gateway, the way a cloud's route table does; removed with the link.
     pub fn route(&mut self, cidr: &str) -> Result<(), NamespaceError> {
@@ -277,8 +333,30 @@ impl NodeLink {
     }
 }
 
+/// A partitioned node's link: dropping it brings the link back up, so a failing check
+/// never leaves the node cut off.
+pub struct LinkCut<'l>(&'l NodeLink);
+
+impl Drop for LinkCut<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.set_up(true);
+    }
+}
+
+/// A shaped node's link: dropping it clears the shaping.
+pub struct Shaped<'l>(&'l NodeLink);
+
+impl Drop for Shaped<'_> {
+    fn drop(&mut self) {
+        let l = self.0;
+        let _ = shaping::apply(&l.port.ns, &l.port.tap, l.wire.as_ref(), None);
+    }
+}
+
 impl Drop for NodeLink {
     fn drop(&mut self) {
+        // The emulator lets go of the tap before it goes.
+        self.wire.take();
         for r in &self.routes {
             let _ = self.port.ns.ip(&["route", "del", r]);
         }

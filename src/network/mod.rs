@@ -10,10 +10,14 @@
 mod bridge;
 mod mode;
 mod namespace;
+pub mod shaping;
 
-pub use bridge::{BridgePort, NodeLink, RunNetwork, RunNetworkError, GATEWAY, MAX_NODES};
+pub use bridge::{
+    BridgePort, LinkCut, NodeLink, RunNetwork, RunNetworkError, Shaped, GATEWAY, MAX_NODES,
+};
 pub use mode::{NetworkChoice, NetworkMode};
 pub use namespace::{Namespace, NamespaceError};
+pub use shaping::{Impairment, Shaper};
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -76,16 +80,19 @@ pub enum LinkFault {
     Partition,
     /// A bandwidth cap (`tbf`).
     Bandwidth,
-    /// Added delay and jitter (`netem`, else `vde_wirefilter`).
+    /// Added delay (`netem`, else vde2's `wirefilter`).
     Latency,
+    /// Dropped frames (`netem`, else vde2's `wirefilter`).
+    Loss,
 }
 
 impl LinkFault {
     /// Every kind, in report order.
-    pub const ALL: [LinkFault; 3] = [
+    pub const ALL: [LinkFault; 4] = [
         LinkFault::Partition,
         LinkFault::Bandwidth,
         LinkFault::Latency,
+        LinkFault::Loss,
     ];
 
     /// The name used in reports.
@@ -94,6 +101,7 @@ impl LinkFault {
             LinkFault::Partition => "partition",
             LinkFault::Bandwidth => "bandwidth",
             LinkFault::Latency => "latency",
+            LinkFault::Loss => "loss",
         }
     }
 }
@@ -159,17 +167,12 @@ fn fault_works(ns: &Namespace, fault: LinkFault) -> Result<String, String> {
             "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "400ms",
         ])
         .map(|_| "tbf".into()),
-        LinkFault::Latency => match root(&["netem", "delay", "200ms"]) {
-            Ok(()) => Ok("netem".into()),
-            Err(netem) => {
-                match crate::cluster::find_on_path(
-                    "vde_wirefilter",
-                    &crate::cluster::provider::env_path(),
-                ) {
-                    Some(p) => Ok(format!("{} (the kernel has no netem)", p.display())),
-                    None => Err(format!("{netem}; and vde_wirefilter (vde2) is not on PATH")),
-                }
-            }
+        LinkFault::Latency | LinkFault::Loss => match Shaper::detect(ns)? {
+            Shaper::Netem => Ok("netem".into()),
+            w @ Shaper::Wirefilter { .. } => Ok(format!(
+                "{} (the kernel has no netem; QEMU's vde netdev through vde_switch)",
+                w.name()
+            )),
         },
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::environment::{machine_dir, Machine};
+use super::machines::{machine_dir, Machine};
 use crate::profile::Profile;
 use crate::runner::Event;
 use crate::vm::Vm;

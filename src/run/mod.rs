@@ -4,6 +4,8 @@
 
 pub mod artifacts;
 pub mod environment;
+mod joining;
+pub mod machines;
 mod pod_network;
 
 use std::collections::BTreeMap;
@@ -494,6 +496,9 @@ pub fn execute(
         network.clone(),
     );
     env.bundle = bundle;
+    env.shape_links = checks
+        .iter()
+        .any(|c| c.needs_link_shaping() && matches!(selection.verdict(c), Verdict::Run));
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
     if let Verification::Refused(e) = &env.verification {
         // A refused image is an integrity verdict whatever else stopped the run (only

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::builtin::Builtin;
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
 use crate::agent_endpoint::Received;
+use crate::network::Impairment;
 use crate::profile::Profile;
 use crate::vm::qemu::NIC_ID;
 
@@ -139,6 +140,16 @@ pub fn registers(
     Ok(())
 }
 
+/// Requests from this node (whatever the answer) that arrived after `since`.
+fn from_node_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> usize {
+    let field = profile.agent.identity_field.as_str();
+    g.endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.at > since && r.body[field] == g.name)
+        .count()
+}
+
 /// Heartbeats accepted from `node` after `since`, in arrival order.
 fn beats_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> Vec<Instant> {
     accepted(
@@ -154,7 +165,8 @@ fn beats_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> Vec<Instant>
 }
 
 /// `agent-heartbeats`: `count` heartbeats arrive at the profile's interval, the mean
-/// within `tolerance`; the jitter (largest deviation) is reported.
+/// within `tolerance`; the jitter (largest deviation) is reported. With `latency` and/or
+/// `loss`, the node's link is shaped so while they are counted (the run's bridge).
 pub fn heartbeats(
     b: &Builtin,
     env: &mut CheckEnv<'_>,
@@ -166,9 +178,25 @@ pub fn heartbeats(
         .map_err(|_| Failure::new("param `count` is not a number"))?;
     let tolerance = b.duration("tolerance").map_err(Failure::new)?;
     let interval = env.profile.agent.heartbeat_interval;
+    let impairment =
+        Impairment::from_params(b.param("latency"), b.param("loss")).map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
     let g = env.guest()?;
+    // Shaped while the heartbeats are counted; the guard clears it, pass or fail.
+    let _shaped = match &impairment {
+        Some(imp) => {
+            let link = g
+                .link
+                .ok_or_else(|| Failure::new("the node has no link on the run's bridge to shape"))?;
+            let shaped = link
+                .shape(imp)
+                .map_err(|e| Failure::new(format!("cannot shape the link: {e}")))?;
+            attempt.note(format!("{}: {imp}", link.port.tap));
+            Some(shaped)
+        }
+        None => None,
+    };
     let since = Instant::now();
     let budget = attempt.remaining();
     let beats = wait_for(g, attempt, budget, |_| {
@@ -223,12 +251,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
         humantime::format_duration(down)
     ));
     std::thread::sleep(down);
-    let during = g
-        .endpoint
-        .requests()
-        .iter()
-        .filter(|r| r.at > cut + Duration::from_secs(1))
-        .count();
+    let during = from_node_since(g, profile, cut + Duration::from_secs(1));
     qmp.set_link(NIC_ID, true)
         .map_err(|e| Failure::new(format!("qmp set_link on: {e}")))?;
     let up = Instant::now();
@@ -252,6 +275,74 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
             format!("no heartbeat from {} after the link came back", g.name),
             format!("a heartbeat within {}", humantime::format_duration(budget)),
             "none",
+        )),
+    }
+}
+
+/// `agent-partition`: the node's tap on the run's bridge goes down for `down`; nothing
+/// arrives from it meanwhile, and once the link is back the agent registers again (its
+/// session broke) and heartbeats within `budget`. Both times are reported.
+pub fn partition(
+    b: &Builtin,
+    env: &mut CheckEnv<'_>,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let down = b.duration("down").map_err(Failure::new)?;
+    let budget = b.duration("budget").map_err(Failure::new)?;
+    registered(env, attempt, attempt.remaining())?;
+    let profile = env.profile;
+    let g = env.guest()?;
+    let link = g
+        .link
+        .ok_or_else(|| Failure::new("the node has no link on the run's bridge to cut"))?;
+    let heal = link
+        .cut()
+        .map_err(|e| Failure::new(format!("cannot cut the link: {e}")))?;
+    let cut = Instant::now();
+    attempt.note(format!(
+        "{}: link {} down for {}",
+        g.name,
+        link.port.tap,
+        humantime::format_duration(down)
+    ));
+    std::thread::sleep(down);
+    let during = from_node_since(g, profile, cut + Duration::from_secs(1));
+    drop(heal);
+    let up = Instant::now();
+    if during > 0 {
+        return Err(Failure::new(format!(
+            "{during} requests from {} arrived while its link was down: the partition did not cut",
+            g.name
+        )));
+    }
+    let (name, a) = (g.name.to_string(), &profile.agent);
+    let back = wait_for(g, attempt, budget, |log| {
+        let reg = accepted(log, profile, &name, &a.register_path)
+            .into_iter()
+            .find(|r| r.at > up)?
+            .at;
+        let beat = accepted(log, profile, &name, &a.heartbeat_path)
+            .into_iter()
+            .find(|r| r.at > reg)?
+            .at;
+        Some((reg, beat))
+    });
+    match back {
+        Some((reg, beat)) => {
+            attempt.note(format!(
+                "registered again {:.1}s and heartbeat {:.1}s after the link came back",
+                (reg - up).as_secs_f64(),
+                (beat - up).as_secs_f64()
+            ));
+            Ok(())
+        }
+        None => Err(Failure::mismatch(
+            format!("{name} did not register again after the partition healed"),
+            format!(
+                "a registration, then a heartbeat, within {}",
+                humantime::format_duration(budget)
+            ),
+            "not both",
         )),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
     agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
-    multi_node_checks, partition_checks, pod_access_checks, upgrade_checks,
+    multi_node_checks, partition_checks, pod_access_checks, service_checks, upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -207,7 +207,7 @@ const SPECS: &[Spec] = &[
         name: "agent-heartbeats",
         need: Need::Guest,
         required: &["count", "tolerance"],
-        optional: &[],
+        optional: &["latency", "loss"],
         open: false,
         destructive: false,
     },
@@ -215,6 +215,22 @@ const SPECS: &[Spec] = &[
         name: "agent-link-cut",
         need: Need::Guest,
         required: &["down", "budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "agent-partition",
+        need: Need::Guest,
+        required: &["down", "budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "service-across-nodes",
+        need: Need::Node,
+        required: &["image"],
         optional: &[],
         open: false,
         destructive: false,
@@ -258,12 +274,14 @@ const SPECS: &[Spec] = &[
 const CLUSTER_NETWORK: &[&str] = &[
     "pod-kubectl",
     "pods-across-nodes",
+    "service-across-nodes",
     "peer-port",
     "node-partition",
+    "agent-partition",
 ];
 
 /// The built-ins that look across nodes: `not run` in a run of one node.
-const MULTI_NODE: &[&str] = &["pods-across-nodes", "peer-port"];
+const MULTI_NODE: &[&str] = &["pods-across-nodes", "service-across-nodes", "peer-port"];
 
 /// Whether the built-in `name` needs the run's cluster network.
 pub fn needs_cluster_network(name: &str) -> bool {
@@ -353,25 +371,27 @@ impl Builtin {
             "node-ready" | "agent-registers" | "agent-reconnects" => {
                 self.duration("budget").map(|_| ())
             }
-            "agent-heartbeats" => self
-                .duration("tolerance")
-                .and_then(|_| {
-                    self.param("count")
-                        .parse::<usize>()
-                        .map_err(|e| format!("param `count`: {e}"))
-                })
-                .and_then(|c| {
-                    if c >= 2 {
-                        Ok(())
-                    } else {
-                        Err("param `count` must be at least 2".into())
-                    }
-                }),
+            "agent-heartbeats" => {
+                crate::network::Impairment::from_params(self.param("latency"), self.param("loss"))
+                    .and_then(|_| self.duration("tolerance"))
+                    .and_then(|_| {
+                        self.param("count")
+                            .parse::<usize>()
+                            .map_err(|e| format!("param `count`: {e}"))
+                    })
+                    .and_then(|c| {
+                        if c >= 2 {
+                            Ok(())
+                        } else {
+                            Err("param `count` must be at least 2".into())
+                        }
+                    })
+            }
             "node-partition" => self
                 .duration("down")
                 .and(self.duration("budget"))
                 .map(|_| ()),
-            "agent-link-cut" => self
+            "agent-link-cut" | "agent-partition" => self
                 .duration("down")
                 .and(self.duration("budget"))
                 .map(|_| ()),
@@ -428,6 +448,8 @@ impl Builtin {
             "agent-heartbeats" => agent_checks::heartbeats(self, env, attempt),
             "agent-link-cut" => agent_checks::link_cut(self, env, attempt),
             "agent-reconnects" => agent_checks::reconnects(self, env, attempt),
+            "agent-partition" => agent_checks::partition(self, env, attempt),
+            "service-across-nodes" => service_checks::service_across_nodes(self, env, attempt),
             "agent-state" => agent_checks::state(env, attempt),
             "upgrade-bundle" => upgrade_checks::bundle_verified(env, attempt),
             "hot-upgrade" => upgrade_checks::hot_upgrade(self, env, attempt),

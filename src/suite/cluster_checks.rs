@@ -267,12 +267,29 @@ pub(super) fn create_pod<'k>(
     command: &str,
     attempt: &mut Attempt,
 ) -> Result<PodGuard<'k>, Failure> {
+    create_labeled_pod(kubectl, node, suffix, image, command, None, attempt)
+}
+
+/// [`create_pod`] with the label `app` (what a Service selects).
+pub(super) fn create_labeled_pod<'k>(
+    kubectl: &'k Kubectl,
+    node: &str,
+    suffix: &str,
+    image: &str,
+    command: &str,
+    app: Option<&str>,
+    attempt: &mut Attempt,
+) -> Result<PodGuard<'k>, Failure> {
     static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("nodegate-{suffix}-{}-{n}", std::process::id());
+    let mut metadata = json!({"name": name, "namespace": "default"});
+    if let Some(app) = app {
+        metadata["labels"] = json!({ "app": app });
+    }
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": metadata,
         "spec": {
             "nodeName": node,
             "restartPolicy": "Never",

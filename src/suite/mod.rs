@@ -15,6 +15,7 @@ pub mod multi_node_checks;
 mod partition_checks;
 pub mod plan;
 mod pod_access_checks;
+mod service_checks;
 mod upgrade_checks;
 pub mod vars;
 

@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 use super::builtin::Builtin;
 use super::cluster_checks::ready_status;
 use super::context::{Attempt, CheckEnv, Failure};
-use crate::network::NodeLink;
-
-/// Brings the link back up when dropped, so a failing check never leaves it cut.
-struct Heal<'l>(&'l NodeLink);
-
-impl Drop for Heal<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.set_up(true);
-    }
-}
 
 /// Polls the Node's Ready status every second until `done` accepts it or `within`
 /// passes; returns the time it took.
@@ -65,9 +55,9 @@ pub fn node_partition(
             format!("Ready={s}"),
         )
     })?;
-    link.set_up(false)
+    let heal = link
+        .cut()
         .map_err(|e| Failure::new(format!("cannot cut the link: {e}")))?;
-    let heal = Heal(link);
     let cut = Instant::now();
     attempt.note(format!(
         "{node}: link {} down for {}",

@@ -49,7 +49,15 @@ impl Check {
 
     /// Whether this check needs the run's cluster network (not run without it).
     pub fn needs_cluster_network(&self) -> bool {
-        matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_cluster_network(&b.name))
+        self.needs_link_shaping()
+            || matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_cluster_network(&b.name))
+    }
+
+    /// Whether this check shapes the node's link (its `latency` or `loss` params): it
+    /// needs the run's bridge and a way to shape it (netem or the link emulator).
+    pub fn needs_link_shaping(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b)
+            if !b.param("latency").is_empty() || !b.param("loss").is_empty())
     }
 
     /// Whether this check needs two nodes or more (not run in a run of one).

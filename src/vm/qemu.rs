@@ -66,10 +66,14 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         .cpu
         .clone()
         .unwrap_or_else(|| accel.default_cpu().to_string());
-    // The tap's name and MAC are nodegate's own (`ngtapN`, from the node's slot).
-    let (netdev, nic) = match &config.bridge {
+    // The tap's name and MAC are nodegate's own (`ngtapN`, from the node's slot); a
+    // shaped link plugs into its emulator's switch instead, which owns the tap.
+    let (netdev, nic): (OsString, String) = match &config.bridge {
         Some(b) => (
-            format!("tap,id=net0,ifname={},script=no,downscript=no", b.tap),
+            match &b.vde {
+                Some(sock) => opt_path("vde,id=net0,sock=", sock),
+                None => format!("tap,id=net0,ifname={},script=no,downscript=no", b.tap).into(),
+            },
             format!("virtio-net-pci,netdev=net0,id={NIC_ID},mac={}", b.mac),
         ),
         None => {
@@ -81,7 +85,10 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
                     f.guest_addr, f.guest_port, f.host_port
                 ));
             }
-            (netdev, format!("virtio-net-pci,netdev=net0,id={NIC_ID}"))
+            (
+                netdev.into(),
+                format!("virtio-net-pci,netdev=net0,id={NIC_ID}"),
+            )
         }
     };
     let os = |s: &Path| s.as_os_str().to_owned();
@@ -119,7 +126,7 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         "-drive".into(),
         opt_path("if=virtio,format=raw,readonly=on,file=", &files.seed),
         "-netdev".into(),
-        netdev.into(),
+        netdev,
         "-device".into(),
         nic.into(),
         "-device".into(),
@@ -218,19 +225,30 @@ mod tests {
             tap: "ngtap3".into(),
             mac: "52:54:00:6e:67:03".into(),
             addr: std::net::Ipv4Addr::new(10, 0, 2, 18),
+            vde: None,
         });
         let files = RunFiles::in_dir(Path::new("/run/x"));
-        let joined: Vec<String> = command(&config, Accel::Tcg, 22, &files)
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let joined = joined.join(" ");
+        let args = |config: &VmConfig| {
+            let joined: Vec<String> = command(config, Accel::Tcg, 22, &files)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            joined.join(" ")
+        };
+        let joined = args(&config);
         assert!(
             joined.contains("-netdev tap,id=net0,ifname=ngtap3,script=no,downscript=no -device virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:6e:67:03"),
             "{joined}"
         );
         assert!(!joined.contains("hostfwd"), "{joined}");
         assert!(!joined.contains("guestfwd"), "{joined}");
+        // A shaped link: the emulator's switch, its path's commas doubled.
+        config.bridge.as_mut().unwrap().vde = Some(PathBuf::from("/run/x,y/qemu.vde"));
+        let joined = args(&config);
+        assert!(
+            joined.contains("-netdev vde,id=net0,sock=/run/x,,y/qemu.vde -device virtio-net-pci,netdev=net0,id=nic0,mac=52:54:00:6e:67:03"),
+            "{joined}"
+        );
     }
 
     #[test]

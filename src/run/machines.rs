@@ -1,0 +1,322 @@
+//! The run's machines: booting VMs (several at once, as `--jobs` and the cores allow),
+//! each with its folder, link on the run's bridge and agent endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::agent_endpoint::{AgentEndpoint, EndpointConfig};
+use crate::cluster::{BootstrapToken, JoinedNode};
+use crate::network::NodeLink;
+use crate::runner::{Event, Phase, Stop, StopKind};
+use crate::ssh::SshSession;
+use crate::suite::Verification;
+use crate::vm::disk;
+use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
+
+use super::artifacts;
+use super::environment::{classify_vm, stop, NodeEnvironment};
+
+/// One booted VM and what belongs to it. Fields drop in order: the Node and its token
+/// first, then the session, then the VM, then its tap on the run's bridge.
+pub struct Machine {
+    pub(super) joined: Option<(JoinedNode, BootstrapToken)>,
+    pub(super) ssh: SshSession,
+    pub(super) vm: Vm,
+    /// Its own agent endpoint (user mode); on the bridge the run's one endpoint serves all.
+    pub(super) endpoint: Option<AgentEndpoint>,
+    pub(super) link: Option<NodeLink>,
+    /// Node name (and artifacts sub-folder).
+    pub name: String,
+}
+
+/// A VM whose QEMU runs, not yet known to be up.
+pub(super) struct Booting {
+    vm: Vm,
+    endpoint: Option<AgentEndpoint>,
+    link: Option<NodeLink>,
+    name: String,
+    started: Instant,
+}
+
+impl NodeEnvironment<'_> {
+    /// Boots a new machine (and joins it when `join`).
+    pub(super) fn machine(
+        &mut self,
+        join: bool,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Machine, Stop> {
+        let mut v = self.machines_together(1, join, emit)?;
+        Ok(v.remove(0))
+    }
+
+    /// Boots `count` machines, at most `--jobs` at once (the boots overlap: a node's
+    /// boot is mostly waiting), and joins them when `join`.
+    pub(super) fn machines_together(
+        &mut self,
+        count: usize,
+        join: bool,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Machine>, Stop> {
+        if let Verification::Refused(e) = &self.verification {
+            return Err(stop(
+                StopKind::Integrity,
+                Phase::Verify,
+                format!("image refused at verification, nothing booted: {e}"),
+            ));
+        }
+        let boot = self
+            .boot
+            .clone()
+            .map_err(|why| stop(StopKind::Image, Phase::Boot, why))?;
+        // An image with nothing to boot is found before a control plane starts.
+        self.check_disk()?;
+        if self.will_join {
+            self.control_plane(emit)?;
+        }
+        let jobs = self
+            .config
+            .jobs
+            .unwrap_or_else(|| default_jobs(self.config.profile.vm.vcpus))
+            .max(1);
+        emit(Event::Property {
+            name: "jobs".into(),
+            value: jobs.to_string(),
+        });
+        let mut ready = Vec::new();
+        while ready.len() < count {
+            let wave = (count - ready.len()).min(jobs);
+            // QEMU starts on this (the main) thread: its parent-death signal is tied to it.
+            let mut booting = Vec::new();
+            for _ in 0..wave {
+                booting.push(self.start_vm(&boot, emit)?);
+            }
+            let waited: Vec<(Booting, Result<SshSession, VmError>)> = std::thread::scope(|s| {
+                let threads: Vec<_> = booting
+                    .into_iter()
+                    .map(|mut b| {
+                        s.spawn(move || {
+                            let r = b.vm.wait_ready();
+                            (b, r)
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("a boot thread does not panic"))
+                    .collect()
+            });
+            let mut failed = None;
+            let mut wave_ready = Vec::new();
+            // Finished in the reverse order of their start, so each pairs with its own.
+            for (b, r) in waited.into_iter().rev() {
+                let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));
+                emit(Event::PhaseFinished {
+                    phase: Phase::Boot,
+                    duration: b.started.elapsed(),
+                    error: r.as_ref().err().map(|s| s.reason.clone()),
+                });
+                match r {
+                    Ok(ssh) => {
+                        let t = b.vm.timings;
+                        for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
+                            if let Some(v) = v {
+                                emit(Event::Property {
+                                    name: format!("boot.{k}_secs"),
+                                    value: format!("{:.1}", v.as_secs_f64()),
+                                });
+                            }
+                        }
+                        wave_ready.push(Machine {
+                            joined: None,
+                            ssh,
+                            vm: b.vm,
+                            endpoint: b.endpoint,
+                            link: b.link,
+                            name: b.name,
+                        });
+                    }
+                    Err(s) => {
+                        artifacts::keep_console(&b.vm, &self.config.artifacts, &b.name, emit);
+                        failed.get_or_insert(s);
+                    }
+                }
+            }
+            if let Some(s) = failed {
+                return Err(s);
+            }
+            // Started order: the first machine is the one node checks run on.
+            ready.extend(wave_ready.into_iter().rev());
+        }
+        if join {
+            for m in &mut ready {
+                self.join(m, emit)?;
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Prepares one VM's folder, network and agent endpoint and starts QEMU; the boot
+    /// phase starts here.
+    pub(super) fn start_vm(
+        &mut self,
+        boot: &Boot,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Booting, Stop> {
+        self.machines += 1;
+        let name = format!("nodegate-{}-{}", self.run_id, self.machines);
+        let p = &self.config.profile;
+        let temp = tempfile::Builder::new()
+            .prefix("vm-")
+            .tempdir_in(self.rundir.path())
+            .map_err(|e| {
+                stop(
+                    StopKind::Infrastructure,
+                    Phase::Boot,
+                    format!("{}: {e}", self.rundir.path().display()),
+                )
+            })?;
+        let mut vc = VmConfig::new(
+            &name,
+            self.disk.clone(),
+            boot.clone(),
+            temp.path().to_owned(),
+        );
+        vc.image_format = self.disk_format.clone();
+        vc.accel = self.config.accel;
+        vc.vcpus = p.vm.vcpus;
+        vc.memory_mib = p.vm.memory_mib;
+        vc.ssh_user = p.ssh.user.to_string();
+        vc.timeouts.ssh = p.budgets.ssh;
+        vc.timeouts.ready = p.budgets.ready;
+        let a = &p.agent;
+        let endpoint_config = EndpointConfig {
+            register_path: a.register_path.to_string(),
+            heartbeat_path: a.heartbeat_path.to_string(),
+            token: a.token.to_string(),
+            identity_field: a.identity_field.to_string(),
+        };
+        let (agent_addr, agent_port) = (a.guest_addr.0, a.guest_port);
+        let endpoint_failed = |e: crate::agent_endpoint::EndpointError| {
+            stop(StopKind::Infrastructure, Phase::Boot, e.to_string())
+        };
+        let first = self.network.is_none();
+        self.run_network()?;
+        if let (true, Some(shaper)) = (first, self.network.as_ref().and_then(|n| n.shaper())) {
+            emit(Event::Property {
+                name: "link.shaping".into(),
+                value: match shaper {
+                    Ok(s) => s.name().to_string(),
+                    Err(why) => format!("none: {why}"),
+                },
+            });
+        }
+        let (endpoint, link) = match &self.network {
+            Some(net) => {
+                let link = net
+                    .node_link()
+                    .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
+                vc.bridge = Some(link.port.clone());
+                if self.endpoint.is_none() {
+                    let at = SocketAddr::from((agent_addr, agent_port));
+                    let e = AgentEndpoint::start_at(endpoint_config, net.dialer(), at)
+                        .map_err(endpoint_failed)?;
+                    self.endpoint = Some(e);
+                }
+                (None, Some(link))
+            }
+            None => {
+                if let Some(cp) = &self.cp {
+                    vc.forwards.push(cp.forward());
+                }
+                let endpoint = AgentEndpoint::start(endpoint_config, 0).map_err(endpoint_failed)?;
+                vc.forwards.push(GuestForward {
+                    guest_addr: agent_addr,
+                    guest_port: agent_port,
+                    host_port: endpoint.port(),
+                });
+                (Some(endpoint), None)
+            }
+        };
+        emit(Event::PhaseStarted {
+            phase: Phase::Boot,
+            detail: format!("{} ({} boot)", name, vc.boot.kind()),
+        });
+        let started = Instant::now();
+        let vm = match Vm::start(vc, Some(temp)) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let s = stop(classify_vm(&e), Phase::Boot, e.to_string());
+                emit(Event::PhaseFinished {
+                    phase: Phase::Boot,
+                    duration: started.elapsed(),
+                    error: Some(s.reason.clone()),
+                });
+                return Err(s);
+            }
+        };
+        emit(Event::Property {
+            name: "accel".into(),
+            value: vm.accel.accel.as_str().into(),
+        });
+        emit(Event::Property {
+            name: "accel.reason".into(),
+            value: vm.accel.reason.clone(),
+        });
+        if let Some(link) = &link {
+            emit(Event::Property {
+                name: format!("network.{name}"),
+                value: format!("{} {} {}", link.port.addr, link.port.mac, link.port.tap),
+            });
+        }
+        Ok(Booting {
+            vm,
+            endpoint,
+            link,
+            name,
+            started,
+        })
+    }
+
+    /// Inspects the disk once, before the first boot: the format the manifest states,
+    /// no references to other files, something a machine could boot.
+    pub(super) fn check_disk(&mut self) -> Result<(), Stop> {
+        if let Some(r) = &self.disk_checked {
+            return r.clone();
+        }
+        let r = disk::inspect(&self.disk, self.disk_format.as_deref())
+            .and_then(|info| disk::check_bootable(&self.disk, &info, self.rundir.path()))
+            .map(|_| ())
+            .map_err(|e| {
+                let e = VmError::Disk(e);
+                stop(classify_vm(&e), Phase::Boot, e.to_string())
+            });
+        self.disk_checked = Some(r.clone());
+        r
+    }
+}
+
+impl Machine {
+    /// The session (for log collection).
+    pub fn ssh(&mut self) -> &mut SshSession {
+        &mut self.ssh
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+/// How many VMs boot at once unless `--jobs` says: as many as the host's cores hold at
+/// `vcpus` each (at least one). Under TCG a guest's vCPUs are busy threads, so on two
+/// cores two 2-vCPU guests booting together take as long as one after the other.
+fn default_jobs(vcpus: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / vcpus.max(1) as usize).max(1)
+}
+
+/// The artifacts sub-folder of a machine.
+pub fn machine_dir(artifacts: &Path, name: &str) -> PathBuf {
+    artifacts.join(name)
+}

@@ -202,7 +202,7 @@ fn a_flipped_byte_fails_artifact_digests_and_nothing_boots() {
         "{m}"
     );
     let json = c.json();
-    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["schema_version"], 2);
     assert_eq!(json["verdict"], "integrity");
     assert_eq!(json["exit_code"], 4);
     assert_eq!(json["stop"]["kind"], "integrity");
@@ -470,6 +470,10 @@ fn doctor_reports_what_this_machine_can_do() {
         .unwrap();
     assert!(faults.contains("partition (link down)"), "{faults}");
     assert!(faults.contains("bandwidth (tbf)"), "{faults}");
+    // Latency and loss through vde2's link emulator (a test bed host package).
+    for kind in ["latency (wirefilter", "loss (wirefilter"] {
+        assert!(faults.contains(kind), "{kind}: {faults}");
+    }
 }
 
 #[test]
@@ -609,6 +613,39 @@ fn without_the_cluster_network_its_checks_are_not_run_and_a_bridge_that_cannot_b
     let why = json["properties"]["network.reason"].as_str().unwrap();
     assert!(why.contains("dnsmasq"), "{why}");
     assert_eq!(json["checks"][0]["status"], "not-run");
+}
+
+/// A check that shapes its node's link (latency, loss) where neither the kernel's netem
+/// nor vde2's link emulator is there: not run, saying what is missing, and nothing boots.
+/// These machines' kernel has no netem (`nodegate doctor` says so); a PATH without
+/// /usr/bin hides vde2's tools, while dnsmasq and iproute2 (/usr/sbin) still make the
+/// bridge.
+#[test]
+fn a_shaping_check_without_netem_or_the_link_emulator_is_not_run_saying_what_is_missing() {
+    let c = Case::new();
+    let r = c.run_env(
+        "v1-direct",
+        &["--exact", "agent::heartbeats_under_latency_and_loss"],
+        &[("PATH", "/usr/sbin:/sbin")],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    assert_eq!(json["properties"]["network"], "bridge");
+    let check = &json["checks"][0];
+    assert_eq!(check["status"], "not-run", "{check}");
+    let reason = check["reason"].as_str().unwrap();
+    for part in [
+        "needs link shaping",
+        "no netem",
+        "vde_switch and wirefilter",
+    ] {
+        assert!(reason.contains(part), "{part}: {reason}");
+    }
+    assert!(!reason.contains('\n'), "one line: {reason}");
+    assert!(
+        !common::phase_names(&json).iter().any(|p| p == "boot"),
+        "nothing boots for a check that cannot run: {json}"
+    );
 }
 
 /// More nodes than the run's network or the host's memory holds, or several nodes on

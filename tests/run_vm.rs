@@ -300,6 +300,10 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     let upgrade = check_in(&json, "id", "hot-upgrade::in_place");
     let out = upgrade["attempts"][0]["output"].as_str().unwrap();
     assert!(out.contains("NotReady window"), "{out}");
+    // It names its own node, and the report knows that node as a destructive check's.
+    let node = upgrade["node"].as_str().expect("the node it ran on");
+    assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
+    assert_eq!(json["nodes"].as_object().unwrap().len(), 3);
     let console = json["artifacts"]
         .as_object()
         .unwrap()
@@ -355,36 +359,47 @@ fn two_nodes_join_one_control_plane_on_the_runs_network() {
     let props = json["properties"].as_object().unwrap();
     assert_eq!(props["network"], "bridge");
     assert_eq!(props["nodes"], "2");
-    let prop_values = |prefix: &str| -> Vec<String> {
-        props
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.as_str().unwrap().to_string())
-            .collect()
+    // Each node's facts under its name (schema 2): deterministic per slot, 10.0.2.15 and
+    // .16, two different pod ranges, its own boot and join times, and its role.
+    let nodes = json["nodes"].as_object().unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let fact = |i: usize, k: &str| -> String {
+        let (_, facts) = nodes.iter().nth(i).unwrap();
+        facts[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("node {i}: no {k}: {facts}"))
+            .to_string()
     };
-    // Deterministic per slot: 10.0.2.15 and .16, and two different pod ranges.
-    let links = prop_values("network.nodegate-");
-    assert_eq!(links.len(), 2, "{links:?}");
-    assert!(
-        links[0].starts_with("10.0.2.15 52:54:00:6e:67:00"),
-        "{links:?}"
+    assert_eq!(fact(0, "address"), "10.0.2.15");
+    assert_eq!(fact(0, "mac"), "52:54:00:6e:67:00");
+    assert_eq!(fact(1, "address"), "10.0.2.16");
+    assert_eq!(
+        (fact(0, "role"), fact(1, "role")),
+        ("shared".into(), "peer".into())
     );
-    assert!(
-        links[1].starts_with("10.0.2.16 52:54:00:6e:67:01"),
-        "{links:?}"
-    );
-    let ranges = prop_values("pod_cidr.");
-    assert_eq!(ranges.len(), 2, "{ranges:?}");
-    assert_ne!(ranges[0], ranges[1]);
-    // Both booted together: two boot phases, each naming its node.
-    let boots: Vec<&str> = json["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "boot")
-        .map(|p| p["detail"].as_str().unwrap())
-        .collect();
-    assert_eq!(boots.len(), 2, "{boots:?}");
+    assert_ne!(fact(0, "pod_cidr"), fact(1, "pod_cidr"));
+    for i in 0..2 {
+        for k in ["boot.ssh_secs", "boot.ready_secs", "join.ready_secs"] {
+            assert!(fact(i, k).parse::<f64>().is_ok(), "{k}");
+        }
+    }
+    // Both booted together: a boot and a join phase per node, each naming it; every
+    // check here ran on the shared node, and says so.
+    let names: Vec<&String> = nodes.keys().collect();
+    for p in ["boot", "join"] {
+        let of: Vec<&str> = json["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["name"] == p)
+            .map(|x| x["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(of, names, "{p}");
+    }
+    for id in ["cluster::pods_across_nodes", "kubelet::kubectl_reaches_pod"] {
+        let c = check_in(&json, "id", id);
+        assert_eq!(c["node"].as_str(), Some(names[0].as_str()), "{c}");
+    }
     let across = check_in(&json, "id", "kubelet::kubectl_reaches_pod");
     let out = across["attempts"][0]["output"].as_str().unwrap_or_default();
     assert_eq!(out.matches("kubectl port-forward ok").count(), 2, "{out}");
@@ -965,8 +980,9 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
     args.extend([
         "--suites".into(),
         common::repo("suites"),
+        // The agent suite shapes a link: its node is plugged into vde2's emulator.
         "--suite".into(),
-        "kubelet".into(),
+        "kubelet,agent".into(),
         "--control-plane".into(),
         "local".into(),
     ]);
@@ -1008,11 +1024,18 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
         common::holders(ns).len() > 1,
         "QEMU, dnsmasq and the control plane live in it"
     );
+    let needle = state.path().display().to_string();
+    for emulator in ["vde_switch", "wirefilter"] {
+        assert!(
+            processes_with(emulator, &needle) > 0,
+            "the node's link goes through {emulator}"
+        );
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    // Its processes die with it: QEMU, dnsmasq and the control plane (they carry the
-    // state dir); then nothing holds the namespace, and the host's network is as it was.
-    let needle = state.path().display().to_string();
+    // Its processes die with it: QEMU, dnsmasq, the link emulator and the control plane
+    // (they carry the state dir); then nothing holds the namespace, and the host's
+    // network is as it was.
     let t = Instant::now();
     loop {
         let left = leftover_qemus(&report)
@@ -1024,6 +1047,7 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
                 "kube-scheduler",
             ]
             .iter()
+            .chain(&["vde_switch", "wirefilter"])
             .map(|c| processes_with(c, &needle))
             .sum::<usize>();
         if left == 0 {

@@ -149,7 +149,7 @@ fn run_case(r: &RunReport) -> TestCase {
 }
 
 /// The JUnit report: the run's own testsuite ([`RUN_SUITE`]), then one testsuite per
-/// check suite, the run's properties on each.
+/// check suite, the run's properties (and each node's as `node.NAME.KEY`) on each.
 pub fn to_junit(r: &RunReport) -> Report {
     let mut report = Report::new("nodegate");
     report.set_time(secs(r.duration_secs));
@@ -157,6 +157,11 @@ pub fn to_junit(r: &RunReport) -> Report {
         let mut s = TestSuite::new(name.to_string());
         for (k, v) in &r.properties {
             s.add_property(Property::new(k.clone(), v.clone()));
+        }
+        for (node, facts) in &r.nodes {
+            for (k, v) in facts {
+                s.add_property(Property::new(format!("node.{node}.{k}"), v.clone()));
+            }
         }
         s.add_property(Property::new("nodegate.verdict", r.verdict.clone()));
         s

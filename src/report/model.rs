@@ -11,7 +11,7 @@ use crate::image::manifest::format_time;
 use crate::runner::{CheckRecord, Event, Status};
 
 /// Version of the JSON report's schema; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A run's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub struct RunReport {
     pub stop: Option<StopReport>,
     /// Facts for dashboards: image, digest, accel, control plane, Kubernetes version.
     pub properties: BTreeMap<String, String>,
+    /// Facts about each node, by node name: role, address, pod range, boot and join times.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, BTreeMap<String, String>>,
     /// Phases in the order they ran.
     pub phases: Vec<PhaseReport>,
     /// Checks in the order they ended.
@@ -65,6 +68,9 @@ pub struct PhaseReport {
     pub name: String,
     /// What it did.
     pub detail: String,
+    /// The node it concerns (boot, join, a node's teardown).
+    #[serde(default)]
+    pub node: Option<String>,
     /// Seconds; `null` if it never finished.
     pub duration_secs: Option<f64>,
     /// Why it failed.
@@ -87,6 +93,9 @@ pub struct CheckReport {
     pub tags: Vec<String>,
     /// Ran on its own VM.
     pub destructive: bool,
+    /// The node its last attempt ran on.
+    #[serde(default)]
+    pub node: Option<String>,
     /// `passed`, `failed`, `flaky`, `not-run` or `ignored`.
     pub status: String,
     /// Why it did not run.
@@ -113,6 +122,9 @@ pub struct AttemptReport {
     pub status: String,
     /// Seconds.
     pub duration_secs: f64,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: Option<String>,
     /// Failure message.
     pub message: Option<String>,
     /// Expected value.
@@ -151,6 +163,7 @@ impl CheckReport {
             description: r.description.clone(),
             tags: r.tags.clone(),
             destructive: r.destructive,
+            node: r.attempts.last().and_then(|a| a.node.clone()),
             status: r.status.as_str().into(),
             reason: r.reason.clone(),
             started: r.started.map(format_time),
@@ -169,6 +182,7 @@ impl CheckReport {
                     }
                     .into(),
                     duration_secs: a.duration.as_secs_f64(),
+                    node: a.node.clone(),
                     message: a.failure.as_ref().map(|f| f.message.clone()),
                     expected: a.failure.as_ref().and_then(|f| f.expected.clone()),
                     actual: a.failure.as_ref().and_then(|f| f.actual.clone()),
@@ -200,6 +214,7 @@ impl Recorder {
                 exit_code: None,
                 stop: None,
                 properties,
+                nodes: BTreeMap::new(),
                 phases: Vec::new(),
                 checks: Vec::new(),
                 summary: Summary::default(),
@@ -216,9 +231,14 @@ impl Recorder {
         match e {
             Event::RunStarted { .. } | Event::CheckStarted { .. } | Event::CheckRetrying { .. } => {
             }
-            Event::PhaseStarted { phase, detail } => r.phases.push(PhaseReport {
+            Event::PhaseStarted {
+                phase,
+                detail,
+                node,
+            } => r.phases.push(PhaseReport {
                 name: phase.as_str().into(),
                 detail: detail.clone(),
+                node: node.clone(),
                 duration_secs: None,
                 error: None,
             }),
@@ -226,19 +246,23 @@ impl Recorder {
                 phase,
                 duration,
                 error,
+                node,
             } => {
-                if let Some(p) = r
-                    .phases
-                    .iter_mut()
-                    .rev()
-                    .find(|p| p.name == phase.as_str() && p.duration_secs.is_none())
-                {
+                if let Some(p) = r.phases.iter_mut().rev().find(|p| {
+                    p.name == phase.as_str() && p.node == *node && p.duration_secs.is_none()
+                }) {
                     p.duration_secs = Some(duration.as_secs_f64());
                     p.error = error.clone();
                 }
             }
             Event::Property { name, value } => {
                 r.properties.insert(name.clone(), value.clone());
+            }
+            Event::NodeProperty { node, name, value } => {
+                r.nodes
+                    .entry(node.clone())
+                    .or_default()
+                    .insert(name.clone(), value.clone());
             }
             Event::Artifact { name, path } => {
                 r.artifacts.insert(name.clone(), path.clone());

@@ -70,7 +70,7 @@ impl Terminal {
             Event::RunStarted { to_run, ignored } => {
                 self.line(&format!("\nrunning {to_run} checks ({ignored} ignored)"));
             }
-            Event::PhaseStarted { phase, detail } => {
+            Event::PhaseStarted { phase, detail, .. } => {
                 if self.progress {
                     let s = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
                     s.set_style(
@@ -87,6 +87,7 @@ impl Terminal {
                 phase,
                 duration,
                 error,
+                node,
             } => {
                 if let Some(s) = self.spinner.take() {
                     s.finish_and_clear();
@@ -95,13 +96,17 @@ impl Terminal {
                     None => self.paint("ok", "32"),
                     Some(e) => format!("{}: {e}", self.paint("FAILED", "31")),
                 };
+                let of = node.as_ref().map_or(String::new(), |n| format!(" {n}"));
                 self.line(&format!(
-                    "phase {} ... {verdict} ({:.1}s)",
+                    "phase {}{of} ... {verdict} ({:.1}s)",
                     phase.as_str(),
                     duration.as_secs_f64()
                 ));
             }
-            Event::Property { .. } | Event::Artifact { .. } | Event::CheckStarted { .. } => {}
+            Event::Property { .. }
+            | Event::NodeProperty { .. }
+            | Event::Artifact { .. }
+            | Event::CheckStarted { .. } => {}
             Event::CheckRetrying {
                 id,
                 attempt,

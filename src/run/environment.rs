@@ -88,22 +88,38 @@ pub(super) fn classify_vm(e: &VmError) -> StopKind {
     }
 }
 
-/// Times `f` as `phase`, emitting start and finish.
+/// Times `f` as `phase` (of `node`, if it concerns one), emitting start and finish.
 pub(super) fn phase<T>(
     emit: &mut dyn FnMut(Event),
     phase: Phase,
     detail: String,
+    node: Option<&str>,
     f: impl FnOnce(&mut dyn FnMut(Event)) -> Result<T, Stop>,
 ) -> Result<T, Stop> {
-    emit(Event::PhaseStarted { phase, detail });
+    let node = node.map(String::from);
+    emit(Event::PhaseStarted {
+        phase,
+        detail,
+        node: node.clone(),
+    });
     let t = Instant::now();
     let r = f(emit);
     emit(Event::PhaseFinished {
         phase,
         duration: t.elapsed(),
         error: r.as_ref().err().map(|s| s.reason.clone()),
+        node,
     });
     r
+}
+
+/// A fact about one node for the report.
+pub(super) fn node_fact(emit: &mut dyn FnMut(Event), node: &str, name: &str, value: String) {
+    emit(Event::NodeProperty {
+        node: node.into(),
+        name: name.into(),
+        value,
+    });
 }
 
 impl<'c> NodeEnvironment<'c> {
@@ -182,33 +198,39 @@ impl<'c> NodeEnvironment<'c> {
             }
         }
         let reason = self.config.control_plane_reason.clone();
-        let r = phase(emit, Phase::ControlPlane, cfg.kind().to_string(), |emit| {
-            let cp = cfg
-                .start()
-                .map_err(|e| stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string()))?;
-            emit(Event::Property {
-                name: "control_plane".into(),
-                value: cp.provider.to_string(),
-            });
-            if let Some(why) = reason {
+        let r = phase(
+            emit,
+            Phase::ControlPlane,
+            cfg.kind().to_string(),
+            None,
+            |emit| {
+                let cp = cfg.start().map_err(|e| {
+                    stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string())
+                })?;
                 emit(Event::Property {
-                    name: "control_plane.reason".into(),
-                    value: why,
+                    name: "control_plane".into(),
+                    value: cp.provider.to_string(),
                 });
-            }
-            if let Some(v) = cp
-                .kubectl
-                .json(&["version"])
-                .ok()
-                .and_then(|v| v["serverVersion"]["gitVersion"].as_str().map(String::from))
-            {
-                emit(Event::Property {
-                    name: "kubernetes.version".into(),
-                    value: v,
-                });
-            }
-            Ok(cp)
-        });
+                if let Some(why) = reason {
+                    emit(Event::Property {
+                        name: "control_plane.reason".into(),
+                        value: why,
+                    });
+                }
+                if let Some(v) = cp
+                    .kubectl
+                    .json(&["version"])
+                    .ok()
+                    .and_then(|v| v["serverVersion"]["gitVersion"].as_str().map(String::from))
+                {
+                    emit(Event::Property {
+                        name: "kubernetes.version".into(),
+                        value: v,
+                    });
+                }
+                Ok(cp)
+            },
+        );
         match r {
             Ok(cp) => {
                 self.cp = Some(cp);
@@ -229,7 +251,7 @@ impl<'c> NodeEnvironment<'c> {
             .is_some_and(|cp| cp.provider == ProviderKind::Kubeconfig);
         let token = m.joined.as_ref().map(|(_, t)| t.token().secret_name());
         let name = m.name.clone();
-        let _ = phase(emit, Phase::Teardown, m.name.clone(), |_| {
+        let _ = phase(emit, Phase::Teardown, m.name.clone(), Some(&name), |_| {
             drop(m);
             Ok(())
         });
@@ -253,7 +275,7 @@ impl<'c> NodeEnvironment<'c> {
             self.release(m, emit);
         }
         if let Some(cp) = self.cp.take() {
-            let _ = phase(emit, Phase::Teardown, "control plane".into(), |_| {
+            let _ = phase(emit, Phase::Teardown, "control plane".into(), None, |_| {
                 drop(cp);
                 Ok(())
             });
@@ -264,6 +286,18 @@ impl<'c> NodeEnvironment<'c> {
 impl Environment for NodeEnvironment<'_> {
     fn decided(&mut self, check: &Check) -> Option<Failure> {
         check.decided(&self.verification, self.bundle.as_ref())
+    }
+
+    fn node(&self, check: &Check) -> Option<String> {
+        if check.need == Need::Manifest {
+            return None;
+        }
+        let m = if check.destructive {
+            self.fresh.as_ref()
+        } else {
+            self.shared.as_ref()
+        };
+        m.map(|m| m.name.clone())
     }
 
     fn unavailable(&mut self, check: &Check) -> Option<String> {
@@ -302,6 +336,10 @@ impl Environment for NodeEnvironment<'_> {
                 .machines_together(self.config.nodes, join, emit)
                 .map(|mut all| {
                     let first = all.remove(0);
+                    node_fact(emit, &first.name, "role", "shared".into());
+                    for p in &all {
+                        node_fact(emit, &p.name, "role", "peer".into());
+                    }
                     self.peers = all;
                     first
                 }),
@@ -338,6 +376,7 @@ impl Environment for NodeEnvironment<'_> {
             return Ok(());
         }
         let m = self.machine(need == Need::Node, emit)?;
+        node_fact(emit, &m.name, "role", "fresh".into());
         self.fresh = Some(m);
         Ok(())
     }

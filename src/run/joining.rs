@@ -9,7 +9,7 @@ use crate::rundir::RemoteObject;
 use crate::runner::{Event, Phase, Stop, StopKind};
 use crate::suite::context::shell_quote;
 
-use super::environment::{classify, phase, stop, NodeEnvironment};
+use super::environment::{classify, node_fact, phase, stop, NodeEnvironment};
 use super::machines::{machine_dir, Machine};
 use super::{artifacts, pod_network};
 
@@ -56,7 +56,8 @@ impl NodeEnvironment<'_> {
         );
         let artifacts_dir = self.config.artifacts.clone();
         let rundir = &mut *self.rundir;
-        let r = phase(emit, Phase::Join, detail, |emit| {
+        let name = m.name.clone();
+        let r = phase(emit, Phase::Join, detail, Some(&name), |emit| {
             let fail = |e: cluster::ClusterError| {
                 stop(classify(e.exit_code()), Phase::Join, e.to_string())
             };
@@ -83,10 +84,12 @@ impl NodeEnvironment<'_> {
             }
             match cluster::join(cp, &token, &mut m.ssh, &jc) {
                 Ok(node) => {
-                    emit(Event::Property {
-                        name: "join.ready_secs".into(),
-                        value: format!("{:.1}", node.timings.ready.as_secs_f64()),
-                    });
+                    node_fact(
+                        emit,
+                        &name,
+                        "join.ready_secs",
+                        format!("{:.1}", node.timings.ready.as_secs_f64()),
+                    );
                     Ok((node, token))
                 }
                 Err(_) if interrupt::interrupted() => Err(stop(
@@ -165,10 +168,7 @@ impl NodeEnvironment<'_> {
         }
         link.route(&cidr).map_err(|e| fail(e.to_string()))?;
         pod_network::install(&mut m.ssh, &cidr).map_err(fail)?;
-        emit(Event::Property {
-            name: format!("pod_cidr.{}", m.name),
-            value: cidr,
-        });
+        node_fact(emit, &m.name, "pod_cidr", cidr);
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::vm::disk;
 use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 
 use super::artifacts;
-use super::environment::{classify_vm, stop, NodeEnvironment};
+use super::environment::{classify_vm, node_fact, stop, NodeEnvironment};
 
 /// One booted VM and what belongs to it. Fields drop in order: the Node and its token
 /// first, then the session, then the VM, then its tap on the run's bridge.
@@ -108,23 +108,25 @@ impl NodeEnvironment<'_> {
             });
             let mut failed = None;
             let mut wave_ready = Vec::new();
-            // Finished in the reverse order of their start, so each pairs with its own.
             for (b, r) in waited.into_iter().rev() {
                 let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));
                 emit(Event::PhaseFinished {
                     phase: Phase::Boot,
                     duration: b.started.elapsed(),
                     error: r.as_ref().err().map(|s| s.reason.clone()),
+                    node: Some(b.name.clone()),
                 });
                 match r {
                     Ok(ssh) => {
                         let t = b.vm.timings;
                         for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
                             if let Some(v) = v {
-                                emit(Event::Property {
-                                    name: format!("boot.{k}_secs"),
-                                    value: format!("{:.1}", v.as_secs_f64()),
-                                });
+                                node_fact(
+                                    emit,
+                                    &b.name,
+                                    &format!("boot.{k}_secs"),
+                                    format!("{:.1}", v.as_secs_f64()),
+                                );
                             }
                         }
                         wave_ready.push(Machine {
@@ -200,8 +202,10 @@ impl NodeEnvironment<'_> {
         let endpoint_failed = |e: crate::agent_endpoint::EndpointError| {
             stop(StopKind::Infrastructure, Phase::Boot, e.to_string())
         };
-        let first = self.network.is_none();
         self.run_network()?;
+        // Said with the run's first VM (the bridge may have been made before, for a check
+        // that was then not run).
+        let first = self.machines == 1;
         if let (true, Some(shaper)) = (first, self.network.as_ref().and_then(|n| n.shaper())) {
             emit(Event::Property {
                 name: "link.shaping".into(),
@@ -241,6 +245,7 @@ impl NodeEnvironment<'_> {
         emit(Event::PhaseStarted {
             phase: Phase::Boot,
             detail: format!("{} ({} boot)", name, vc.boot.kind()),
+            node: Some(name.clone()),
         });
         let started = Instant::now();
         let vm = match Vm::start(vc, Some(temp)) {
@@ -251,6 +256,7 @@ impl NodeEnvironment<'_> {
                     phase: Phase::Boot,
                     duration: started.elapsed(),
                     error: Some(s.reason.clone()),
+                    node: Some(name.clone()),
                 });
                 return Err(s);
             }
@@ -264,10 +270,13 @@ impl NodeEnvironment<'_> {
             value: vm.accel.reason.clone(),
         });
         if let Some(link) = &link {
-            emit(Event::Property {
-                name: format!("network.{name}"),
-                value: format!("{} {} {}", link.port.addr, link.port.mac, link.port.tap),
-            });
+            let p = &link.port;
+            node_fact(emit, &name, "address", p.addr.to_string());
+            node_fact(emit, &name, "mac", p.mac.clone());
+            node_fact(emit, &name, "tap", p.tap.clone());
+            if p.vde.is_some() {
+                node_fact(emit, &name, "link", "wirefilter".into());
+            }
         }
         Ok(Booting {
             vm,

@@ -467,6 +467,7 @@ pub fn execute(
             .manifest
             .as_ref()
             .map_or("no manifest".into(), |m| m.display().to_string()),
+        node: None,
     });
     emit(Event::PhaseFinished {
         phase: Phase::Verify,
@@ -476,6 +477,7 @@ pub fn execute(
             Verification::Unsigned(_) => Some("not verified: --allow-unsigned".into()),
             Verification::Verified(_) => None,
         },
+        node: None,
     });
     let profile_copy = config.artifacts.join("profile.toml");
     if crate::report::write(&profile_copy, config.profile.to_toml().as_bytes()).is_ok() {

@@ -72,6 +72,8 @@ pub struct AttemptRecord {
     pub failure: Option<Failure>,
     /// Commands and output.
     pub transcript: String,
+    /// The node it ran on (none for checks that boot nothing).
+    pub node: Option<String>,
 }
 
 /// The result of one check.
@@ -186,6 +188,8 @@ pub enum Event {
         phase: Phase,
         /// What it is doing, for progress displays.
         detail: String,
+        /// The node it concerns (boot, join, a node's teardown).
+        node: Option<String>,
     },
     /// A phase ended.
     PhaseFinished {
@@ -195,6 +199,17 @@ pub enum Event {
         duration: Duration,
         /// Why it failed, if it did.
         error: Option<String>,
+        /// The node it concerns (pairs it with its start).
+        node: Option<String>,
+    },
+    /// A fact about one node (its role, address, pod range, boot and join times).
+    NodeProperty {
+        /// The node's name.
+        node: String,
+        /// Name.
+        name: String,
+        /// Value.
+        value: String,
     },
     /// A fact for the report's properties (accel, Kubernetes version, ...).
     Property {

@@ -30,6 +30,10 @@ pub trait Environment {
     fn decided(&mut self, _check: &Check) -> Option<Failure> {
         None
     }
+    /// The node the prepared `check` runs on, for its record.
+    fn node(&self, _check: &Check) -> Option<String> {
+        None
+    }
     /// Why `check` cannot run in this environment at all (it needs the cluster network
     /// and the run has none), decided before anything is prepared. `None`: run it.
     fn unavailable(&mut self, _check: &Check) -> Option<String> {
@@ -89,6 +93,7 @@ fn stopped(c: &Check, s: &Stop, blame: bool) -> CheckRecord {
             duration: std::time::Duration::ZERO,
             failure: Some(Failure::new(s.reason.clone())),
             transcript: String::new(),
+            node: None,
         });
         return r;
     }
@@ -207,6 +212,7 @@ fn run_one(
             duration: std::time::Duration::ZERO,
             failure: Some(failure),
             transcript: String::new(),
+            node: None,
         });
         return (rec, None);
     }
@@ -225,6 +231,7 @@ fn run_one(
             rec.started = Some(SystemTime::now());
         }
         let mut attempt = Attempt::new(c.timeout);
+        let node = env.node(c);
         let t = Instant::now();
         let result =
             catch_unwind(AssertUnwindSafe(|| env.run(c, &mut attempt))).unwrap_or_else(|p| {
@@ -255,6 +262,7 @@ fn run_one(
             duration,
             failure: failure.clone(),
             transcript: attempt.transcript,
+            node,
         });
         if passed {
             rec.status = if n == 1 {

@@ -480,4 +480,26 @@ mod tests {
             .unwrap_err()
             .contains("param `component`"));
     }
+
+    #[test]
+    fn link_shaping_params_are_checked_before_boot() {
+        let shaped = |latency: &str, loss: &str| {
+            Builtin::with(
+                "agent-heartbeats",
+                &[
+                    ("count", "4"),
+                    ("tolerance", "2s"),
+                    ("latency", latency),
+                    ("loss", loss),
+                ],
+            )
+            .validate_values()
+        };
+        assert!(shaped("200ms", "10%").is_ok());
+        assert!(shaped("", "").is_ok());
+        assert!(shaped("200ms", "10").unwrap_err().contains("param `loss`"));
+        assert!(shaped("200ms", "-1%").unwrap_err().contains("param `loss`"));
+        assert!(shaped("fast", "").unwrap_err().contains("param `latency`"));
+        assert!(shaped("1h", "").unwrap_err().contains("at most 10s"));
+    }
 }

@@ -186,9 +186,7 @@ pub fn heartbeats(
     // Shaped while the heartbeats are counted; the guard clears it, pass or fail.
     let _shaped = match &impairment {
         Some(imp) => {
-            let link = g
-                .link
-                .ok_or_else(|| Failure::new("the node has no link on the run's bridge to shape"))?;
+            let link = g.bridge_link("shape")?;
             let shaped = link
                 .shape(imp)
                 .map_err(|e| Failure::new(format!("cannot shape the link: {e}")))?;
@@ -292,9 +290,7 @@ pub fn partition(
     registered(env, attempt, attempt.remaining())?;
     let profile = env.profile;
     let g = env.guest()?;
-    let link = g
-        .link
-        .ok_or_else(|| Failure::new("the node has no link on the run's bridge to cut"))?;
+    let link = g.bridge_link("cut")?;
     let heal = link
         .cut()
         .map_err(|e| Failure::new(format!("cannot cut the link: {e}")))?;

@@ -245,16 +245,34 @@ pub fn node_taints(
     }
 }
 
-/// Deletes the pod when dropped.
-pub(super) struct PodGuard<'k> {
+/// An object in the `default` namespace that a check made; deleted when dropped.
+pub(super) struct ObjectGuard<'k> {
     pub(super) kubectl: &'k Kubectl,
+    pub(super) kind: &'static str,
     pub(super) name: String,
 }
 
-impl Drop for PodGuard<'_> {
+/// A pod a check made.
+pub(super) type PodGuard<'k> = ObjectGuard<'k>;
+
+impl Drop for ObjectGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.kubectl.delete("pod", Some("default"), &self.name);
+        let _ = self.kubectl.delete(self.kind, Some("default"), &self.name);
     }
+}
+
+/// A name for an object a check makes, unique within the cluster for this run.
+pub(super) fn unique_name(suffix: &str) -> String {
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("nodegate-{suffix}-{}-{n}", std::process::id())
+}
+
+/// A pod command that serves a page `served-by-NODE` on port 8080 (busybox httpd).
+pub(super) fn serve_node_name(node: &str) -> String {
+    format!(
+        "mkdir -p /tmp/w && echo served-by-{node} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
+    )
 }
 
 /// Creates a pod pinned to the node running `sh -c command` in `image`; the guard
@@ -280,9 +298,7 @@ pub(super) fn create_labeled_pod<'k>(
     app: Option<&str>,
     attempt: &mut Attempt,
 ) -> Result<PodGuard<'k>, Failure> {
-    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("nodegate-{suffix}-{}-{n}", std::process::id());
+    let name = unique_name(suffix);
     let mut metadata = json!({"name": name, "namespace": "default"});
     if let Some(app) = app {
         metadata["labels"] = json!({ "app": app });
@@ -304,7 +320,11 @@ pub(super) fn create_labeled_pod<'k>(
     kubectl
         .create(&pod)
         .map_err(|e| Failure::new(format!("kubectl: {e}")))?;
-    Ok(PodGuard { kubectl, name })
+    Ok(ObjectGuard {
+        kubectl,
+        kind: "pod",
+        name,
+    })
 }
 
 /// Polls the pod until `done` says its status is what the check waits for.

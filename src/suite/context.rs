@@ -79,6 +79,17 @@ pub struct CheckEnv<'a> {
     pub peers: Vec<super::multi_node_checks::Peer<'a>>,
 }
 
+impl<'a> Guest<'a> {
+    /// Its tap on the run's bridge, for a check that cuts or shapes it (`what`).
+    pub fn bridge_link(&self, what: &str) -> Result<&'a crate::network::NodeLink, Failure> {
+        self.link.ok_or_else(|| {
+            Failure::new(format!(
+                "the node has no link on the run's bridge to {what}"
+            ))
+        })
+    }
+}
+
 impl<'a> CheckEnv<'a> {
     /// The booted guest (present for checks that need one).
     pub fn guest(&mut self) -> Result<&mut Guest<'a>, Failure> {

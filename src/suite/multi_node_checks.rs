@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use super::builtin::Builtin;
 use std::time::Duration;
 
-use super::cluster_checks::{create_pod, wait_pod, PodGuard};
+use super::cluster_checks::{create_pod, serve_node_name, wait_pod, PodGuard};
 use super::context::{Attempt, CheckEnv, Failure};
 use super::pod_access_checks::retry;
 
@@ -32,15 +32,12 @@ pub fn pods_across_nodes(
     let m = env.member()?;
     let mut pods: Vec<(String, PodGuard<'_>, String)> = Vec::new();
     for node in &nodes {
-        let command = format!(
-            "mkdir -p /tmp/w && echo served-by-{node} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
-        );
         let pod = create_pod(
             m.kubectl,
             node,
             "across",
             b.param("image"),
-            &command,
+            &serve_node_name(node),
             attempt,
         )?;
         pods.push((node.clone(), pod, String::new()));

@@ -45,9 +45,7 @@ pub fn node_partition(
         .guest
         .as_ref()
         .ok_or_else(|| Failure::new("internal: no guest for a node check"))?;
-    let link = g
-        .link
-        .ok_or_else(|| Failure::new("the node has no link on the run's bridge to cut"))?;
+    let link = g.bridge_link("cut")?;
     wait_status(kubectl, &node, Duration::from_secs(30), |s| s == "True").map_err(|s| {
         Failure::mismatch(
             format!("Node {node} is not Ready before the partition"),

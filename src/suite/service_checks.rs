@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::builtin::Builtin;
-use super::cluster_checks::{create_labeled_pod, wait_pod, PodGuard};
+use super::cluster_checks::{
+    create_labeled_pod, serve_node_name, unique_name, wait_pod, ObjectGuard, PodGuard,
+};
 use super::context::{Attempt, CheckEnv, Failure};
 use super::pod_access_checks::retry;
-use crate::cluster::Kubectl;
 use crate::ssh::SshSession;
 
 /// The Service's port (the pods serve on 8080 behind it).
@@ -20,18 +21,6 @@ const SERVICE_PORT: u16 = 80;
 /// Requests one round sends from a node: with two backends chosen at random, one round
 /// misses a backend with probability 2 × 2⁻²⁰.
 const REQUESTS: usize = 20;
-
-/// Deletes the Service when dropped.
-struct ServiceGuard<'k> {
-    kubectl: &'k Kubectl,
-    name: String,
-}
-
-impl Drop for ServiceGuard<'_> {
-    fn drop(&mut self) {
-        let _ = self.kubectl.delete("service", Some("default"), &self.name);
-    }
-}
 
 /// The backends (`served-by-NODE`) that answered `REQUESTS` requests to `ip` from the
 /// node behind `ssh`.
@@ -61,23 +50,15 @@ pub fn service_across_nodes(
 ) -> Result<(), Failure> {
     let nodes = env.node_names()?;
     let kubectl = env.member()?.kubectl;
-    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let app = format!(
-        "nodegate-svc-{}-{}",
-        std::process::id(),
-        SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
+    let app = unique_name("svc");
     let mut pods: Vec<PodGuard<'_>> = Vec::new();
     for node in &nodes {
-        let command = format!(
-            "mkdir -p /tmp/w && echo served-by-{node} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"
-        );
         pods.push(create_labeled_pod(
             kubectl,
             node,
             "svc",
             b.param("image"),
-            &command,
+            &serve_node_name(node),
             Some(&app),
             attempt,
         )?);
@@ -97,8 +78,9 @@ pub fn service_across_nodes(
     kubectl
         .create(&service)
         .map_err(|e| Failure::new(format!("kubectl: {e}")))?;
-    let _service = ServiceGuard {
+    let _service = ObjectGuard {
         kubectl,
+        kind: "service",
         name: app.clone(),
     };
     for (pod, node) in pods.iter().zip(&nodes) {

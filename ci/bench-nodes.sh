@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark (not a test; the machines are noisy, so compare the ratios of one run): the
 # wall time to Ready of 1 node, and of 2 nodes booted together, on the run's own network
-# with the local control plane; and, given a gate's JSON report (ci/gate.sh writes
-# out/report.json), its wall time against the sum of its irreducible parts (control
-# plane + one boot + one join + the checks' own time). Needs fixtures/build.
+# with the local control plane; and, given gates' JSON reports (ci/gate.sh writes
+# out/report.json), each one's wall time against the sum of its irreducible parts
+# (control plane + one boot + one join + the checks' own time), e.g. a gate with its
+# destructive checks' VMs booted ahead and one without. Needs
+# fixtures/build.
 #
-#   ci/bench-nodes.sh [GATE_REPORT_JSON]
+#   ci/gate.sh /tmp/ahead --boot-ahead on; ci/gate.sh /tmp/not-ahead --boot-ahead off
+#   ci/bench-nodes.sh [GATE_REPORT_JSON ...]   (e.g. /tmp/ahead/out/report.json ...)
+#   NODEGATE_BENCH_READY=0 ci/bench-nodes.sh REPORTS...   (only the gates' figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -27,6 +31,7 @@ to_ready='[.phases[] | select(.name == "boot") | .duration_secs] as $b
   | [.phases[] | select(.name == "join") | .duration_secs] as $j
   | (if .properties.jobs == "1" then ($b | add) else ($b | max) end) + ($j | add)'
 
+if [[ ${NODEGATE_BENCH_READY:-1} != 0 ]]; then
 ready_run 1 1
 ready_run 2 1
 ready_run 2 2
@@ -40,18 +45,20 @@ printf 'time to Ready, 2 nodes booted together:        %6.1f s (boots %s s)\n' "
 printf 'ratio 2 nodes together / 1 node:               %6.2f (2.00: no gain from the overlap)\n' \
   "$(echo "$together / $one" | bc -l)"
 printf 'ratio 2 nodes together / one after the other:  %6.2f\n' "$(echo "$together / $serial" | bc -l)"
+fi
 
-if [[ -n ${1:-} ]]; then
-  gate=$1
-  jq -r '
+for gate in "$@"; do
+  jq -r --arg file "$gate" '
     def phase(n): [.phases[] | select(.name == n) | .duration_secs];
     (phase("control-plane") | add // 0) as $cp
     | (phase("boot") | first // 0) as $boot
     | (phase("join") | first // 0) as $join
     | ([.checks[] | .duration_secs // 0] | add) as $checks
     | ($cp + $boot + $join + $checks) as $parts
-    | "gate wall time:                     \(.duration_secs | floor) s",
+    | ([.nodes[] | select(."boot.ahead" == "true")] | length) as $ahead
+    | "gate \($file): \(.nodes | length) VMs, \($ahead) booted ahead",
+      "gate wall time:                     \(.duration_secs | floor) s",
       "irreducible parts (cp \($cp | floor) + boot \($boot | floor) + join \($join | floor) + checks \($checks | floor)): \($parts | floor) s",
       "ratio wall / parts:                 \(.duration_secs / $parts * 100 | floor / 100)"
   ' "$gate"
-fi
+done

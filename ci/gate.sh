@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The main job, end to end, as a release pipeline runs it: build the test bed when absent
 # (its signed image v1 is the release candidate), then `nodegate run` verifies the signed
-# manifest, boots the image under QEMU, joins it to a local control plane, runs every
-# suite (integrity, containerd, kubelet, agent connectivity against an endpoint nodegate
-# hosts, and the hot upgrade to the signed bundle v2 on a VM of its own) and writes
+# manifest, boots two nodes of the image under QEMU on the run's own network, joins them
+# to a local control plane, runs every suite (integrity, containerd, kubelet, agent
+# connectivity against an endpoint nodegate hosts, the cluster's pods and Services across
+# both nodes, and the hot upgrade to the signed bundle v2 on a VM of its own) and writes
 # JUnit, a JSON report and artifacts. The rollback floor comes from the trust store's
 # released.toml (the last released version of each image name), as a release pipeline
 # keeps it. Then it shows the gate refusing a tampered copy of the same release before
 # anything boots.
 #
-#   ci/gate.sh [WORK_DIR]      (default: a new folder under /tmp, printed at the end)
+#   ci/gate.sh [WORK_DIR [RUN_ARGS...]]   (WORK_DIR default: a new folder under /tmp,
+#                                          printed at the end; RUN_ARGS go to the good
+#                                          image's run, e.g. --boot-ahead on)
 # Exit code: that of the run on the good image (0 = ship it; README lists the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,15 +24,17 @@ ng=$repo/target/release/nodegate
 signed=${NODEGATE_CACHE:-$HOME/.cache/nodegate}/signed
 [[ -f $signed/trust/released.toml ]] || { echo "$signed/trust/released.toml missing: no rollback floor (fixtures/build)" >&2; exit 5; }
 work=${1:-$(mktemp -d /tmp/nodegate-gate.XXXXXX)}
+shift $(( $# > 0 ? 1 : 0 ))
 mkdir -p "$work" && cd "$work"
 echo "== working in $work"
 
-echo "== nodegate run: image v1, local control plane, all suites, hot upgrade to bundle v2"
+echo "== nodegate run: two nodes of image v1, local control plane, all suites, hot upgrade to bundle v2"
 set +e
 "$ng" run --manifest "$signed/v1-direct/node.manifest.json" --trust "$signed/trust" \
   --upgrade-bundle "$signed/bundle-v2/bundle.manifest.json" \
   --profile "$repo/profiles/debian-fixture.toml" --suites "$repo/suites" --suite all \
-  --control-plane local --junit out/junit.xml --json out/report.json --artifacts out/artifacts
+  --control-plane local --nodes 2 --junit out/junit.xml --json out/report.json \
+  --artifacts out/artifacts "$@"
 code=$?
 set -e
 

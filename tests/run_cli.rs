@@ -615,6 +615,31 @@ fn without_the_cluster_network_its_checks_are_not_run_and_a_bridge_that_cannot_b
     assert_eq!(json["checks"][0]["status"], "not-run");
 }
 
+/// The cluster suite in a run of one node: every check is not run, saying it needs two
+/// nodes (never passed), and nothing boots for them.
+#[test]
+fn cluster_checks_in_a_run_of_one_node_are_not_run_and_nothing_boots() {
+    let c = Case::new();
+    let r = c.run("v1-direct", &["--suite", "cluster"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    let checks = json["checks"].as_array().unwrap();
+    assert!(checks.len() >= 3, "{checks:?}");
+    for check in checks {
+        assert_eq!(check["status"], "not-run", "{check}");
+        let reason = check["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("needs two nodes or more; this run has 1 (--nodes)"),
+            "{reason}"
+        );
+    }
+    assert_eq!(c.junit().skipped, checks.len());
+    assert!(
+        !common::phase_names(&json).iter().any(|p| p == "boot"),
+        "nothing boots for a check that cannot run: {json}"
+    );
+}
+
 /// A check that shapes its node's link (latency, loss) where neither the kernel's netem
 /// nor vde2's link emulator is there: not run, saying what is missing, and nothing boots.
 /// These machines' kernel has no netem (`nodegate doctor` says so); a PATH without

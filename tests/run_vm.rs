@@ -172,8 +172,15 @@ impl TokenWatch {
     }
 }
 
+/// The whole gate on image v1, two nodes on the run's own network with the local control
+/// plane, every suite: each node gets its address from the run's DHCP and its pod range
+/// from the controller manager; kubectl logs/exec/port-forward reach pods on both, pods
+/// reach each other across the nodes, the kubelet port answers between them, a ClusterIP
+/// Service reaches both nodes' pods from each node (kube-proxy), a partitioned node goes
+/// NotReady and comes back, and each destructive check's VM boots ahead (forced: two
+/// cores do not by default), while the checks before it run.
 #[test]
-fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
+fn the_full_flow_passes_on_two_nodes_of_image_v1_with_the_local_control_plane() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let o = out();
     let mut args = o.args();
@@ -184,6 +191,11 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         "local".into(),
         "--upgrade-bundle".into(),
         bundle("bundle-v2"),
+        "--nodes".into(),
+        "2".into(),
+        // On two cores `auto` does not boot ahead (slower there); bigger hosts do.
+        "--boot-ahead".into(),
+        "on".into(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let watch = TokenWatch::start();
@@ -200,6 +212,9 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         "test kubelet::partition_not_ready_then_ready ... ok",
         "test agent::heartbeats_under_latency_and_loss ... ok",
         "test agent::reregisters_after_partition ... ok",
+        "test cluster::pods_across_nodes ... ok",
+        "test cluster::service_across_nodes ... ok",
+        "test cluster::peer_kubelet_port ... ok",
     ] {
         assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
     }
@@ -207,34 +222,14 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
 
     let junit = o.junit();
     let names: Vec<&str> = junit.test_suites.iter().map(|s| s.name.as_str()).collect();
-    for s in ["integrity", "containerd", "kubelet", "agent"] {
+    for s in ["integrity", "containerd", "kubelet", "agent", "cluster"] {
         assert!(names.contains(&s), "{names:?}");
     }
     assert_eq!(junit.failures + junit.errors, 0);
-    // One node: the cluster suite's checks are not run, each saying why (never passed).
+    assert_eq!(junit.skipped, 0, "every check ran");
     let json = o.json();
-    let across: Vec<&serde_json::Value> = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["suite"] == "cluster")
-        .collect();
-    assert_eq!(
-        junit.skipped,
-        across.len(),
-        "only the cluster suite is not run"
-    );
-    for c in across {
-        assert_eq!(c["status"], "not-run", "{c}");
-        assert!(
-            c["reason"]
-                .as_str()
-                .unwrap()
-                .contains("needs two nodes or more"),
-            "{c}"
-        );
-    }
     assert_eq!(json["properties"]["network"], "bridge");
+    assert_eq!(json["properties"]["nodes"], "2");
     // This machine's kernel has no netem: the link emulator shaped the agent's link.
     let shaping = json["properties"]["link.shaping"]
         .as_str()
@@ -280,7 +275,6 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
     let out = version.system_out.as_ref().unwrap().to_string();
     assert!(out.contains("Kubernetes v1.20.2"), "{out}");
 
-    let json = o.json();
     assert_eq!(json["verdict"], "passed");
     assert_eq!(json["exit_code"], 0);
     assert!(json["finished"].is_string());
@@ -292,100 +286,32 @@ fn the_full_flow_passes_on_image_v1_with_the_local_control_plane() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|p| p["duration_secs"].is_number()));
-    // The destructive checks (kubelet kill, hot upgrade) had a VM and Node each.
-    for p in ["boot", "join"] {
-        assert_eq!(phases.iter().filter(|x| **x == p).count(), 3, "{phases:?}");
-    }
-    let upgrade = check_in(&json, "id", "hot-upgrade::in_place");
-    let out = upgrade["attempts"][0]["output"].as_str().unwrap();
-    assert!(out.contains("NotReady window"), "{out}");
-    // It names its own node, and the report knows that node as a destructive check's.
-    let node = upgrade["node"].as_str().expect("the node it ran on");
-    assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
-    assert_eq!(json["nodes"].as_object().unwrap().len(), 3);
-    let console = json["artifacts"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(k, _)| k.ends_with("/console"))
-        .map(|(_, v)| PathBuf::from(v.as_str().unwrap()))
-        .expect("a console artifact");
-    assert!(std::fs::read_to_string(console)
-        .unwrap()
-        .contains("Linux version"));
-    assert!(o.path("artifacts/profile.toml").is_file());
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
-}
+        .all(|p| p["duration_secs"].is_number() && p["started"].is_string()));
 
-/// Two nodes of image v1 on the run's own network, one local control plane: each gets its
-/// address from the run's DHCP and its pod range from the controller manager; kubectl
-/// logs/exec/port-forward reach pods on both, pods reach each other across the nodes, the
-/// kubelet port answers between them, a ClusterIP Service reaches both nodes' pods from
-/// each node (kube-proxy), and a partitioned node goes NotReady and comes back.
-#[test]
-fn two_nodes_join_one_control_plane_on_the_runs_network() {
-    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let o = out();
-    let mut args = o.args();
-    args.extend(
-        [
-            "--suites",
-            &common::repo("suites"),
-            "--suite",
-            "kubelet,cluster",
-            "--tag",
-            "network",
-            "--control-plane",
-            "local",
-            "--nodes",
-            "2",
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = common::run(&args, o.dir.path());
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let json = o.json();
-    for id in [
-        "kubelet::kubectl_reaches_pod",
-        "cluster::pods_across_nodes",
-        "cluster::service_across_nodes",
-        "cluster::peer_kubelet_port",
-        "kubelet::partition_not_ready_then_ready",
-    ] {
-        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
-    }
-    let props = json["properties"].as_object().unwrap();
-    assert_eq!(props["network"], "bridge");
-    assert_eq!(props["nodes"], "2");
-    // Each node's facts under its name (schema 2): deterministic per slot, 10.0.2.15 and
-    // .16, two different pod ranges, its own boot and join times, and its role.
+    // Four nodes: the two of the cluster, and one per destructive check (kubelet kill,
+    // hot upgrade). Each node's facts under its name (schema 2): deterministic address
+    // and MAC per slot, two different pod ranges, its own boot and join times, its role.
     let nodes = json["nodes"].as_object().unwrap();
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
+    let names: Vec<&String> = nodes.keys().collect();
     let fact = |i: usize, k: &str| -> String {
-        let (_, facts) = nodes.iter().nth(i).unwrap();
-        facts[k]
+        nodes[names[i]][k]
             .as_str()
-            .unwrap_or_else(|| panic!("node {i}: no {k}: {facts}"))
+            .unwrap_or_else(|| panic!("node {i}: no {k}: {}", nodes[names[i]]))
             .to_string()
     };
     assert_eq!(fact(0, "address"), "10.0.2.15");
     assert_eq!(fact(0, "mac"), "52:54:00:6e:67:00");
     assert_eq!(fact(1, "address"), "10.0.2.16");
-    assert_eq!(
-        (fact(0, "role"), fact(1, "role")),
-        ("shared".into(), "peer".into())
-    );
+    let roles: Vec<String> = (0..4).map(|i| fact(i, "role")).collect();
+    assert_eq!(roles, ["shared", "peer", "fresh", "fresh"]);
     assert_ne!(fact(0, "pod_cidr"), fact(1, "pod_cidr"));
-    for i in 0..2 {
+    for i in 0..4 {
         for k in ["boot.ssh_secs", "boot.ready_secs", "join.ready_secs"] {
-            assert!(fact(i, k).parse::<f64>().is_ok(), "{k}");
+            assert!(fact(i, k).parse::<f64>().is_ok(), "node {i}: {k}");
         }
     }
-    // Both booted together: a boot and a join phase per node, each naming it; every
-    // check here ran on the shared node, and says so.
-    let names: Vec<&String> = nodes.keys().collect();
+    // A boot and a join phase per node, each naming it, in node order.
     for p in ["boot", "join"] {
         let of: Vec<&str> = json["phases"]
             .as_array()
@@ -396,6 +322,7 @@ fn two_nodes_join_one_control_plane_on_the_runs_network() {
             .collect();
         assert_eq!(of, names, "{p}");
     }
+    // The cluster's checks ran on the shared node, and say so.
     for id in ["cluster::pods_across_nodes", "kubelet::kubectl_reaches_pod"] {
         let c = check_in(&json, "id", id);
         assert_eq!(c["node"].as_str(), Some(names[0].as_str()), "{c}");
@@ -417,6 +344,59 @@ fn two_nodes_join_one_control_plane_on_the_runs_network() {
         out.contains("NotReady") && out.contains("after the link came back"),
         "{out}"
     );
+
+    // The destructive checks' VMs booted ahead: each boot started before the check run
+    // ahead of its own had started (booted when its check came, it would start after).
+    let upgrade = check_in(&json, "id", "hot-upgrade::in_place");
+    let out = upgrade["attempts"][0]["output"].as_str().unwrap();
+    assert!(out.contains("NotReady window"), "{out}");
+    let ran: Vec<&serde_json::Value> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["started"].is_string() && c["node"].is_string())
+        .collect();
+    let boot_started = |node: &str| -> String {
+        json["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "boot" && p["node"] == node)
+            .and_then(|p| p["started"].as_str())
+            .unwrap_or_else(|| panic!("no boot of {node}"))
+            .to_string()
+    };
+    let mut destructive = 0;
+    for (i, c) in ran
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c["destructive"] == true)
+    {
+        destructive += 1;
+        let node = c["node"].as_str().unwrap();
+        assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
+        assert_eq!(json["nodes"][node]["boot.ahead"], "true", "{node}");
+        // RFC 3339 UTC strings of one format order as times do.
+        let before = ran[i - 1]["started"].as_str().unwrap();
+        assert!(
+            boot_started(node).as_str() <= before,
+            "{node} booted at {}, after {} started at {before}",
+            boot_started(node),
+            ran[i - 1]["id"]
+        );
+    }
+    assert_eq!(destructive, 2);
+    let console = json["artifacts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("/console"))
+        .map(|(_, v)| PathBuf::from(v.as_str().unwrap()))
+        .expect("a console artifact");
+    assert!(std::fs::read_to_string(console)
+        .unwrap()
+        .contains("Linux version"));
+    assert!(o.path("artifacts/profile.toml").is_file());
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
@@ -621,6 +601,8 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
         common::repo("suites"),
         "--suite".into(),
         "hang,integrity".into(),
+        "--boot-ahead".into(),
+        "on".into(),
     ]);
     let child = KillOnDrop(Some(
         common::nodegate()
@@ -710,6 +692,18 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
     assert_eq!(json["stop"]["kind"], "interrupted");
     let hang = check_in(&json, "id", "hang::sleeps");
     assert_eq!(hang["status"], "not-run", "{hang}");
+    // The destructive check's VM was booting ahead: killed with the run, and its boot
+    // phase says so.
+    assert_eq!(check_in(&json, "id", "hang::after")["status"], "not-run");
+    let boots: Vec<&serde_json::Value> = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "boot")
+        .collect();
+    assert_eq!(boots.len(), 2, "{boots:?}");
+    let why = boots[1]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("no check took this VM booted ahead"), "{why}");
     // The pre-boot checks ran and passed.
     for id in [
         "integrity::signature",

@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// profile's vCPUs each).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
+    /// Boot each destructive check's VM while the checks before it run: auto (when the
+    /// host's cores hold every VM then running at the profile's vCPUs), on (whenever the
+    /// memory holds one more VM), off (when its check starts).
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    boot_ahead: crate::run::BootAheadChoice,
     /// JUnit XML report.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
@@ -213,6 +218,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         network: args.network,
         nodes: args.nodes,
         jobs: args.jobs,
+        boot_ahead: args.boot_ahead,
         artifacts: args.artifacts.clone(),
         reports: ReportPaths {
             junit: args.junit.clone(),

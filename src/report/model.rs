@@ -71,6 +71,9 @@ pub struct PhaseReport {
     /// The node it concerns (boot, join, a node's teardown).
     #[serde(default)]
     pub node: Option<String>,
+    /// RFC 3339 UTC.
+    #[serde(default)]
+    pub started: Option<String>,
     /// Seconds; `null` if it never finished.
     pub duration_secs: Option<f64>,
     /// Why it failed.
@@ -239,6 +242,7 @@ impl Recorder {
                 name: phase.as_str().into(),
                 detail: detail.clone(),
                 node: node.clone(),
+                started: Some(format_time(SystemTime::now())),
                 duration_secs: None,
                 error: None,
             }),

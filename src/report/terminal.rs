@@ -72,6 +72,9 @@ impl Terminal {
             }
             Event::PhaseStarted { phase, detail, .. } => {
                 if self.progress {
+                    if let Some(old) = self.spinner.take() {
+                        old.finish_and_clear();
+                    }
                     let s = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
                     s.set_style(
                         ProgressStyle::with_template("{spinner} {prefix}: {msg} [{elapsed}]")

@@ -17,6 +17,7 @@ use crate::suite::{Attempt, Check, CheckEnv, Failure, Guest, Member, Need, Verif
 use crate::vm::disk::DiskError;
 use crate::vm::{Boot, VmError};
 
+use super::boot_ahead::BootAhead;
 use super::machines::Machine;
 use super::{artifacts, RunConfig};
 
@@ -42,6 +43,10 @@ pub struct NodeEnvironment<'c> {
     pub(super) peers: Vec<Machine>,
     pub(super) shared_failed: Option<Stop>,
     pub(super) fresh: Option<Machine>,
+    /// The next destructive check's VM, booting while other checks run.
+    pub(super) ahead: Option<BootAhead>,
+    /// Destructive checks still to take a VM (set by the run from its plan).
+    pub fresh_planned: usize,
     pub(super) machines: usize,
     pub(super) run_id: String,
     /// The network the run has, and why.
@@ -152,6 +157,8 @@ impl<'c> NodeEnvironment<'c> {
             peers: Vec::new(),
             shared_failed: None,
             fresh: None,
+            ahead: None,
+            fresh_planned: 0,
             machines: 0,
             run_id: hex::encode(raw),
             network_mode,
@@ -263,17 +270,24 @@ impl<'c> NodeEnvironment<'c> {
         }
     }
 
-    /// Tears down every machine and then the control plane.
-    pub fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
-        if let Some(m) = self.fresh.take() {
-            self.release(m, emit);
-        }
+    /// Tears down the shared node and its peers (nothing runs on them once the
+    /// destructive checks start: they run last).
+    fn release_shared(&mut self, emit: &mut dyn FnMut(Event)) {
         for m in std::mem::take(&mut self.peers) {
             self.release(m, emit);
         }
         if let Some(m) = self.shared.take() {
             self.release(m, emit);
         }
+    }
+
+    /// Tears down every machine and then the control plane.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
+        self.cancel_ahead(emit);
+        if let Some(m) = self.fresh.take() {
+            self.release(m, emit);
+        }
+        self.release_shared(emit);
         if let Some(cp) = self.cp.take() {
             let _ = phase(emit, Phase::Teardown, "control plane".into(), None, |_| {
                 drop(cp);
@@ -359,6 +373,7 @@ impl Environment for NodeEnvironment<'_> {
         match r {
             Ok(m) => {
                 self.shared = Some(m);
+                self.boot_ahead(emit);
                 Ok(())
             }
             Err(s) => {
@@ -375,9 +390,21 @@ impl Environment for NodeEnvironment<'_> {
         if need == Need::Manifest {
             return Ok(());
         }
-        let m = self.machine(need == Need::Node, emit)?;
+        self.release_shared(emit);
+        let m = match self.take_ahead(emit) {
+            Some(booted) => {
+                let mut m = booted?;
+                if need == Need::Node {
+                    self.join(&mut m, emit)?;
+                }
+                m
+            }
+            None => self.machine(need == Need::Node, emit)?,
+        };
+        self.fresh_planned = self.fresh_planned.saturating_sub(1);
         node_fact(emit, &m.name, "role", "fresh".into());
         self.fresh = Some(m);
+        self.boot_ahead(emit);
         Ok(())
     }
 

@@ -32,11 +32,11 @@ pub struct Machine {
 
 /// A VM whose QEMU runs, not yet known to be up.
 pub(super) struct Booting {
-    vm: Vm,
+    pub(super) vm: Vm,
     endpoint: Option<AgentEndpoint>,
     link: Option<NodeLink>,
-    name: String,
-    started: Instant,
+    pub(super) name: String,
+    pub(super) started: Instant,
 }
 
 impl NodeEnvironment<'_> {
@@ -91,55 +91,28 @@ impl NodeEnvironment<'_> {
             for _ in 0..wave {
                 booting.push(self.start_vm(&boot, emit)?);
             }
-            let waited: Vec<(Booting, Result<SshSession, VmError>)> = std::thread::scope(|s| {
-                let threads: Vec<_> = booting
-                    .into_iter()
-                    .map(|mut b| {
-                        s.spawn(move || {
-                            let r = b.vm.wait_ready();
-                            (b, r)
+            let waited: Vec<(Booting, Result<SshSession, VmError>, Instant)> =
+                std::thread::scope(|s| {
+                    let threads: Vec<_> = booting
+                        .into_iter()
+                        .map(|mut b| {
+                            s.spawn(move || {
+                                let r = b.vm.wait_ready();
+                                (b, r, Instant::now())
+                            })
                         })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().expect("a boot thread does not panic"))
-                    .collect()
-            });
+                        .collect();
+                    threads
+                        .into_iter()
+                        .map(|t| t.join().expect("a boot thread does not panic"))
+                        .collect()
+                });
             let mut failed = None;
             let mut wave_ready = Vec::new();
-            for (b, r) in waited.into_iter().rev() {
-                let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));
-                emit(Event::PhaseFinished {
-                    phase: Phase::Boot,
-                    duration: b.started.elapsed(),
-                    error: r.as_ref().err().map(|s| s.reason.clone()),
-                    node: Some(b.name.clone()),
-                });
-                match r {
-                    Ok(ssh) => {
-                        let t = b.vm.timings;
-                        for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
-                            if let Some(v) = v {
-                                node_fact(
-                                    emit,
-                                    &b.name,
-                                    &format!("boot.{k}_secs"),
-                                    format!("{:.1}", v.as_secs_f64()),
-                                );
-                            }
-                        }
-                        wave_ready.push(Machine {
-                            joined: None,
-                            ssh,
-                            vm: b.vm,
-                            endpoint: b.endpoint,
-                            link: b.link,
-                            name: b.name,
-                        });
-                    }
+            for (b, r, ended) in waited.into_iter().rev() {
+                match self.booted(b, r, ended, emit) {
+                    Ok(m) => wave_ready.push(m),
                     Err(s) => {
-                        artifacts::keep_console(&b.vm, &self.config.artifacts, &b.name, emit);
                         failed.get_or_insert(s);
                     }
                 }
@@ -156,6 +129,51 @@ impl NodeEnvironment<'_> {
             }
         }
         Ok(ready)
+    }
+
+    /// Ends the boot phase of `b` with the outcome of its wait, which ended at `ended`:
+    /// the machine, or the stop (its console kept as an artifact).
+    pub(super) fn booted(
+        &mut self,
+        b: Booting,
+        r: Result<SshSession, VmError>,
+        ended: Instant,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Machine, Stop> {
+        let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));
+        emit(Event::PhaseFinished {
+            phase: Phase::Boot,
+            duration: ended.saturating_duration_since(b.started),
+            error: r.as_ref().err().map(|s| s.reason.clone()),
+            node: Some(b.name.clone()),
+        });
+        match r {
+            Ok(ssh) => {
+                let t = b.vm.timings;
+                for (k, v) in [("ssh", t.ssh), ("ready", t.ready)] {
+                    if let Some(v) = v {
+                        node_fact(
+                            emit,
+                            &b.name,
+                            &format!("boot.{k}_secs"),
+                            format!("{:.1}", v.as_secs_f64()),
+                        );
+                    }
+                }
+                Ok(Machine {
+                    joined: None,
+                    ssh,
+                    vm: b.vm,
+                    endpoint: b.endpoint,
+                    link: b.link,
+                    name: b.name,
+                })
+            }
+            Err(s) => {
+                artifacts::keep_console(&b.vm, &self.config.artifacts, &b.name, emit);
+                Err(s)
+            }
+        }
     }
 
     /// Prepares one VM's folder, network and agent endpoint and starts QEMU; the boot
@@ -321,8 +339,12 @@ impl Machine {
 /// `vcpus` each (at least one). Under TCG a guest's vCPUs are busy threads, so on two
 /// cores two 2-vCPU guests booting together take as long as one after the other.
 fn default_jobs(vcpus: u32) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / vcpus.max(1) as usize).max(1)
+    (host_cores() / vcpus.max(1) as usize).max(1)
+}
+
+/// The cores this process may run on.
+pub(super) fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The artifacts sub-folder of a machine.

@@ -3,6 +3,8 @@
 //! VM boots (profile, suites, variables, the manifest file itself) is refused first.
 
 pub mod artifacts;
+mod boot_ahead;
+pub use boot_ahead::BootAheadChoice;
 pub mod environment;
 mod joining;
 pub mod machines;
@@ -60,6 +62,8 @@ pub struct RunConfig {
     pub nodes: usize,
     /// At most this many VMs boot at once (`None`: as many as the cores hold).
     pub jobs: Option<usize>,
+    /// Whether the next destructive check's VM boots while the checks before it run.
+    pub boot_ahead: BootAheadChoice,
     /// Artifacts folder.
     pub artifacts: PathBuf,
     /// Report files.
@@ -501,6 +505,12 @@ pub fn execute(
     env.shape_links = checks
         .iter()
         .any(|c| c.needs_link_shaping() && matches!(selection.verdict(c), Verdict::Run));
+    env.fresh_planned = checks
+        .iter()
+        .filter(|c| c.destructive && c.need != Need::Manifest)
+        .filter(|c| matches!(selection.verdict(c), Verdict::Run))
+        .filter(|c| runner::Environment::unavailable(&mut env, c).is_none())
+        .count();
     let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
     if let Verification::Refused(e) = &env.verification {
         // A refused image is an integrity verdict whatever else stopped the run (only

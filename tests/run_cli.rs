@@ -474,6 +474,42 @@ fn doctor_reports_what_this_machine_can_do() {
     for kind in ["latency (wirefilter", "loss (wirefilter"] {
         assert!(faults.contains(kind), "{kind}: {faults}");
     }
+
+    // Another user gets user-mode networking, and doctor says why: the namespace is
+    // root's, and where /dev/net/tun is root's only (these machines), a user namespace
+    // could not make taps either. A copy of the binary any user may run; uid 65534.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("nodegate");
+    std::fs::copy(env!("CARGO_BIN_EXE_nodegate"), &bin).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("doctor")
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let network = stdout
+        .lines()
+        .find(|l| l.starts_with("run network"))
+        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        network.contains("user: each VM behind its own QEMU NAT"),
+        "{network}"
+    );
+    assert!(network.contains("root only (uid 65534 here)"), "{network}");
+    let tun = std::fs::metadata("/dev/net/tun")
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        network.contains("/dev/net/tun is not open to uid 65534"),
+        tun & 0o006 != 0o006,
+        "/dev/net/tun mode {tun:o}: {network}"
+    );
 }
 
 #[test]

@@ -119,7 +119,7 @@ pub struct Probe {
 pub fn probe() -> Probe {
     let ns = match Namespace::create() {
         Ok(ns) => ns,
-        Err(e) => return unavailable(e.to_string()),
+        Err(e) => return unavailable(mode::no_namespace(&e)),
     };
     let setup = [
         vec!["link", "add", PROBE_BRIDGE, "type", "bridge"],

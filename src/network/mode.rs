@@ -76,7 +76,7 @@ fn bridge_blocker(outside: Option<&str>) -> Option<String> {
         ));
     }
     if let Err(e) = Namespace::create() {
-        return Some(e.to_string());
+        return Some(no_namespace(&e));
     }
     if super::bridge::dnsmasq_bin().is_none() {
         return Some(
@@ -84,4 +84,37 @@ fn bridge_blocker(outside: Option<&str>) -> Option<String> {
         );
     }
     None
+}
+
+/// Why the run's namespace could not be made: `e`, and for a user other than root what
+/// that means on this host.
+pub(super) fn no_namespace(e: &super::NamespaceError) -> String {
+    match unprivileged_taps() {
+        Some(why) => format!("{e}; {why}"),
+        None => e.to_string(),
+    }
+}
+
+/// For a user other than root: why a user namespace of its own (CAP_NET_ADMIN over the
+/// namespaces it makes) would still not give the run its bridge on this host, if it
+/// would not. Its taps need /dev/net/tun, whose mode the host decides (Debian 0666; some
+/// sandboxes 0600, root only); nodegate makes the run's namespace as root only.
+fn unprivileged_taps() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return None;
+    }
+    let tun = std::ffi::CString::new("/dev/net/tun").expect("no NUL");
+    // SAFETY: access reads a NUL-terminated path.
+    let open = unsafe { libc::access(tun.as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    Some(if open {
+        format!("nodegate makes the run's namespace as root only (uid {uid} here)")
+    } else {
+        format!(
+            "nodegate makes the run's namespace as root only (uid {uid} here), and even a \
+             user namespace of its own could not make taps: /dev/net/tun is not open to \
+             uid {uid}"
+        )
+    })
 }

@@ -136,7 +136,7 @@ pub enum CommandError {
         source: io::Error,
     },
     /// It ran past its deadline and was stopped.
-    #[error("{program}: still running after {}; stopped", humantime::format_duration(*timeout))]
+    #[error("{program}: still running after {}; stopped", crate::message::duration(*timeout))]
     TimedOut {
         /// The program.
         program: String,

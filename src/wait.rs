@@ -11,7 +11,7 @@ use crate::interrupt;
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum WaitError {
     /// The deadline passed.
-    #[error("timed out after {waited:?} waiting for {what}{}", last.as_ref().map(|l| format!(" (last error: {l})")).unwrap_or_default())]
+    #[error("timed out after {} waiting for {what}{}", crate::message::duration(*waited), last.as_ref().map(|l| format!(" (last error: {l})")).unwrap_or_default())]
     Timeout {
         /// What was awaited.
         what: String,

@@ -182,7 +182,7 @@ pub enum ClusterError {
         output: String,
     },
     /// The join method was still running on the node when the budget ran out.
-    #[error("node {node}: {method} join still running after {}: {partial}", humantime::format_duration(*budget))]
+    #[error("node {node}: {method} join still running after {}: {partial}", crate::message::duration(*budget))]
     JoinTimedOut {
         /// The node.
         node: String,
@@ -194,7 +194,7 @@ pub enum ClusterError {
         partial: String,
     },
     /// The node did not register or become Ready in time.
-    #[error("node {node}: not {what} within {} ({last})", humantime::format_duration(*budget))]
+    #[error("node {node}: not {what} within {} ({last})", crate::message::duration(*budget))]
     NotReady {
         /// The node.
         node: String,

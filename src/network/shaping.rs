@@ -107,7 +107,7 @@ impl Impairment {
         if latency > Duration::from_secs(10) {
             return Err(format!(
                 "param `latency` = {}: at most 10s",
-                humantime::format_duration(latency)
+                crate::message::duration(latency)
             ));
         }
         let loss_percent = if loss.is_empty() {

@@ -56,7 +56,7 @@ pub enum SshError {
         message: String,
     },
     /// A command ran past its deadline (it was abandoned; the session reconnects).
-    #[error("ssh {addr}: command {command:?} still running after {}; output so far: {partial:?}", humantime::format_duration(*timeout))]
+    #[error("ssh {addr}: command {command:?} still running after {}; output so far: {partial:?}", crate::message::duration(*timeout))]
     Timeout {
         /// The endpoint.
         addr: SocketAddr,

@@ -98,7 +98,7 @@ fn registered(
         Failure::mismatch(
             format!(
                 "no registration from {name} at the endpoint within {}",
-                humantime::format_duration(budget)
+                crate::message::duration(budget)
             ),
             format!("POST {path} with {} = {name}", profile.agent.identity_field),
             format!("{} requests, last: {last}", seen.len()),
@@ -207,7 +207,7 @@ pub fn heartbeats(
             format!(
                 "{} heartbeats every {}",
                 count + 1,
-                humantime::format_duration(interval)
+                crate::message::duration(interval)
             ),
             format!("{}", beats_since(g, profile, since).len()),
         )
@@ -246,7 +246,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     let cut = Instant::now();
     attempt.note(format!(
         "link {NIC_ID} down for {}",
-        humantime::format_duration(down)
+        crate::message::duration(down)
     ));
     std::thread::sleep(down);
     let during = from_node_since(g, profile, cut + Duration::from_secs(1));
@@ -271,7 +271,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
         }
         None => Err(Failure::mismatch(
             format!("no heartbeat from {} after the link came back", g.name),
-            format!("a heartbeat within {}", humantime::format_duration(budget)),
+            format!("a heartbeat within {}", crate::message::duration(budget)),
             "none",
         )),
     }
@@ -299,7 +299,7 @@ pub fn partition(
         "{}: link {} down for {}",
         g.name,
         link.port.tap,
-        humantime::format_duration(down)
+        crate::message::duration(down)
     ));
     std::thread::sleep(down);
     let during = from_node_since(g, profile, cut + Duration::from_secs(1));
@@ -336,7 +336,7 @@ pub fn partition(
             format!("{name} did not register again after the partition healed"),
             format!(
                 "a registration, then a heartbeat, within {}",
-                humantime::format_duration(budget)
+                crate::message::duration(budget)
             ),
             "not both",
         )),
@@ -383,7 +383,7 @@ pub fn reconnects(
             format!("{name} did not reconnect after the endpoint restarted"),
             format!(
                 "registration and heartbeat within {}",
-                humantime::format_duration(budget)
+                crate::message::duration(budget)
             ),
             "not both",
         )),

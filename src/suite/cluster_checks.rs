@@ -64,7 +64,7 @@ pub fn node_ready(
     if t.ready > budget {
         return Err(Failure::mismatch(
             format!("Node {} became Ready over budget", m.node.name()),
-            format!("Ready within {}", humantime::format_duration(budget)),
+            format!("Ready within {}", crate::message::duration(budget)),
             format!("{:.1}s", t.ready.as_secs_f64()),
         ));
     }

@@ -235,7 +235,7 @@ impl Attempt {
     pub fn timed_out(&self, what: &str) -> Failure {
         Failure::new(format!(
             "timed out after {} waiting for {what}",
-            humantime::format_duration(self.timeout)
+            crate::message::duration(self.timeout)
         ))
     }
 }

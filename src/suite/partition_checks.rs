@@ -60,7 +60,7 @@ pub fn node_partition(
     attempt.note(format!(
         "{node}: link {} down for {}",
         link.port.tap,
-        humantime::format_duration(down)
+        crate::message::duration(down)
     ));
     let not_ready = wait_status(kubectl, &node, down, |s| s != "True");
     std::thread::sleep(down.saturating_sub(cut.elapsed()));
@@ -73,7 +73,7 @@ pub fn node_partition(
         Failure::mismatch(
             format!(
                 "Node {node} stayed Ready through a {} partition: the control plane did not notice",
-                humantime::format_duration(down)
+                crate::message::duration(down)
             ),
             "Ready=False or Unknown during the partition",
             "Ready=True throughout",
@@ -86,7 +86,7 @@ pub fn node_partition(
     let back = wait_status(kubectl, &node, budget, |s| s == "True").map_err(|s| {
         Failure::mismatch(
             format!("Node {node} did not come back Ready after the partition healed"),
-            format!("Ready=True within {}", humantime::format_duration(budget)),
+            format!("Ready=True within {}", crate::message::duration(budget)),
             format!("Ready={s}"),
         )
     })?;

@@ -302,7 +302,7 @@ pub fn hot_upgrade(
             return Err(Failure::mismatch(
                 format!(
                     "node {node} not Ready with the bundle's kubelet within {}",
-                    humantime::format_duration(budget)
+                    crate::message::duration(budget)
                 ),
                 format!("Ready, kubelet {want_kubelet}"),
                 format!(

@@ -114,7 +114,7 @@ pub enum VmError {
         tail: Vec<String>,
     },
     /// A phase ran out of time.
-    #[error("{phase} phase timed out after {waited:?} ({reason}); last console lines: {}", tail.join(" | "))]
+    #[error("{phase} phase timed out after {} ({reason}); last console lines: {}", crate::message::duration(*waited), tail.join(" | "))]
     Timeout {
         /// The phase.
         phase: Phase,

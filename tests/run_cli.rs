@@ -475,6 +475,34 @@ fn doctor_reports_what_this_machine_can_do() {
         assert!(faults.contains(kind), "{kind}: {faults}");
     }
 
+    // Without a working tc (iproute2's; masked here by /dev/null in a mount namespace
+    // of this command's own): one line saying bandwidth cannot be shaped and why, and
+    // latency and loss still through the emulator, naming why not netem.
+    let masked = std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /usr/sbin/tc && exec \"$0\" doctor",
+        ])
+        .arg(env!("CARGO_BIN_EXE_nodegate"))
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&masked.stdout);
+    let faults = stdout
+        .lines()
+        .find(|l| l.starts_with("link faults"))
+        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&masked.stderr)));
+    assert!(
+        faults.contains("not: bandwidth (tc qdisc replace")
+            && faults.contains("tc: cannot start: Permission denied"),
+        "{faults}"
+    );
+    assert!(
+        faults.contains("latency (wirefilter; no netem: tc: cannot start"),
+        "{faults}"
+    );
+
     // Another user gets user-mode networking, and doctor says why: the namespace is
     // root's, and where /dev/net/tun is root's only (these machines), a user namespace
     // could not make taps either. A copy of the binary any user may run; uid 65534.

@@ -284,7 +284,7 @@ impl RunNetwork {
         self.ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         self.ns.ip(&["link", "set", &tap, "master", BRIDGE])?;
         self.ns.ip(&["link", "set", &tap, "up"])?;
-        if let Some(Ok(Shaper::Wirefilter { switch, filter })) = &self.shaper {
+        if let Some(Ok(Shaper::Wirefilter { switch, filter, .. })) = &self.shaper {
             let dir = self.dir.join(format!("link{slot}"));
             let wire = Wire::start(&self.ns, switch, filter, &tap, &dir)
                 .map_err(|reason| RunNetworkError::Emulator { tap, reason })?;

@@ -169,7 +169,7 @@ fn fault_works(ns: &Namespace, fault: LinkFault) -> Result<String, String> {
         .map(|_| "tbf".into()),
         LinkFault::Latency | LinkFault::Loss => match Shaper::detect(ns)? {
             Shaper::Netem => Ok("netem".into()),
-            w @ Shaper::Wirefilter { .. } => Ok(format!("{}: the kernel has no netem", w.name())),
+            Shaper::Wirefilter { no_netem, .. } => Ok(format!("wirefilter; no netem: {no_netem}")),
         },
     }
 }

@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Namespace;
+use super::{Namespace, NamespaceError};
 use crate::process::ProcessGroup;
 use crate::wait::{wait_until, Poll};
 
@@ -42,6 +42,8 @@ pub enum Shaper {
         switch: PathBuf,
         /// `wirefilter`.
         filter: PathBuf,
+        /// Why netem could not be used (one line: the kernel has none, tc cannot run).
+        no_netem: String,
     },
 }
 
@@ -59,16 +61,26 @@ impl Shaper {
             });
         let netem = match netem {
             Ok(()) => return Ok(Shaper::Netem),
-            Err(e) => e.to_string(),
+            // The tool's own complaint ("cannot start" already names it).
+            Err(NamespaceError::Tool { tool, detail, .. }) if detail.starts_with(tool) => {
+                crate::message::one_line(&detail)
+            }
+            Err(NamespaceError::Tool { tool, detail, .. }) => {
+                crate::message::one_line(&format!("{tool}: {detail}"))
+            }
+            Err(e) => crate::message::one_line(&e.to_string()),
         };
         let path = crate::cluster::provider::env_path();
         let find = |bin| crate::cluster::find_on_path(bin, &path);
         match (find("vde_switch"), find("wirefilter")) {
-            (Some(switch), Some(filter)) => Ok(Shaper::Wirefilter { switch, filter }),
+            (Some(switch), Some(filter)) => Ok(Shaper::Wirefilter {
+                switch,
+                filter,
+                no_netem: netem,
+            }),
             _ => Err(format!(
-                "the kernel has no netem ({}) and vde2's vde_switch and wirefilter are not on \
-                 PATH (Debian: vde-switch, vde-wirefilter)",
-                crate::message::one_line(&netem)
+                "no netem here ({netem}) and vde2's vde_switch and wirefilter are not on \
+                 PATH (Debian: vde-switch, vde-wirefilter)"
             )),
         }
     }

@@ -437,6 +437,25 @@ fn a_run_without_manifest_or_image_is_a_usage_error() {
     common::assert_refused(&r, 3, "/nonexistent.qcow2", "No such file");
 }
 
+/// The line of `nodegate doctor`'s output about `item`; panics showing the output if
+/// there is none.
+fn doctor_line(output: &str, item: &str) -> String {
+    output
+        .lines()
+        .find(|l| l.starts_with(item))
+        .unwrap_or_else(|| panic!("no {item} line: {output}"))
+        .to_string()
+}
+
+/// A finished command's standard output, then its standard error.
+fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 #[test]
 fn doctor_reports_what_this_machine_can_do() {
     let r = common::run(&["doctor"], Path::new("."));
@@ -454,20 +473,12 @@ fn doctor_reports_what_this_machine_can_do() {
     assert!(r.stdout.contains("QEMU emulator version"), "{}", r.stdout);
     // This machine gives runs their own bridge (root, dnsmasq from the test bed's host
     // packages); its kernel has no netem.
-    let network = r
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("run network"))
-        .unwrap();
+    let network = doctor_line(&r.stdout, "run network");
     assert!(
         network.contains("ok") && network.contains("bridge: the run's own namespace"),
         "{network}"
     );
-    let faults = r
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("link faults"))
-        .unwrap();
+    let faults = doctor_line(&r.stdout, "link faults");
     assert!(faults.contains("partition (link down)"), "{faults}");
     assert!(faults.contains("bandwidth (tbf)"), "{faults}");
     // Latency and loss through vde2's link emulator (a test bed host package).
@@ -488,11 +499,7 @@ fn doctor_reports_what_this_machine_can_do() {
         .arg(env!("CARGO_BIN_EXE_nodegate"))
         .output()
         .expect("unshare (util-linux) runs");
-    let stdout = String::from_utf8_lossy(&masked.stdout);
-    let faults = stdout
-        .lines()
-        .find(|l| l.starts_with("link faults"))
-        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&masked.stderr)));
+    let faults = doctor_line(&output_text(&masked), "link faults");
     assert!(
         faults.contains("not: bandwidth (tc qdisc replace")
             && faults.contains("tc: cannot start: Permission denied"),
@@ -519,11 +526,7 @@ fn doctor_reports_what_this_machine_can_do() {
         .env("HOME", dir.path())
         .output()
         .expect("setpriv (util-linux) runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let network = stdout
-        .lines()
-        .find(|l| l.starts_with("run network"))
-        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    let network = doctor_line(&output_text(&out), "run network");
     assert!(
         network.contains("user: each VM behind its own QEMU NAT"),
         "{network}"

@@ -105,16 +105,15 @@ fn unprivileged_taps() -> Option<String> {
     if uid == 0 {
         return None;
     }
-    let tun = std::ffi::CString::new("/dev/net/tun").expect("no NUL");
     // SAFETY: access reads a NUL-terminated path.
-    let open = unsafe { libc::access(tun.as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    let open = unsafe { libc::access(c"/dev/net/tun".as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    let root_only = format!("nodegate makes the run's namespace as root only (uid {uid} here)");
     Some(if open {
-        format!("nodegate makes the run's namespace as root only (uid {uid} here)")
+        root_only
     } else {
         format!(
-            "nodegate makes the run's namespace as root only (uid {uid} here), and even a \
-             user namespace of its own could not make taps: /dev/net/tun is not open to \
-             uid {uid}"
+            "{root_only}, and even a user namespace of its own could not make taps: \
+             /dev/net/tun is not open to uid {uid}"
         )
     })
 }

@@ -11,11 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::runner::{Event, Phase, Stop, StopKind};
-use crate::ssh::SshSession;
-use crate::vm::{self, VmError};
+use crate::vm;
 
 use super::environment::{node_fact, stop, NodeEnvironment};
-use super::machines::{Booting, Machine};
+use super::machines::{Machine, Waited};
 
 /// Whether destructive checks' VMs boot ahead (`nodegate run --boot-ahead`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,7 +45,7 @@ pub(super) struct BootAhead {
     pid: u32,
     name: String,
     started: Instant,
-    wait: JoinHandle<(Booting, Result<SshSession, VmError>, Instant)>,
+    wait: JoinHandle<Waited>,
 }
 
 impl NodeEnvironment<'_> {
@@ -80,7 +79,7 @@ impl NodeEnvironment<'_> {
         let Ok(boot) = self.boot.clone() else {
             return;
         };
-        let per_vm = self.config.profile.vm.memory_mib + vm::QEMU_OVERHEAD_MIB;
+        let per_vm = vm::footprint_mib(self.config.profile.vm.memory_mib);
         if let Some(available) = vm::mem_available_mib().filter(|a| *a < per_vm) {
             emit(Event::Property {
                 name: "boot_ahead".into(),
@@ -97,11 +96,7 @@ impl NodeEnvironment<'_> {
         };
         node_fact(emit, &b.name, "boot.ahead", "true".into());
         let (pid, name, started) = (b.vm.qemu_pid(), b.name.clone(), b.started);
-        let wait = std::thread::spawn(move || {
-            let mut b = b;
-            let r = b.vm.wait_ready();
-            (b, r, Instant::now())
-        });
+        let wait = std::thread::spawn(move || b.wait());
         self.ahead = Some(BootAhead {
             pid,
             name,
@@ -117,7 +112,7 @@ impl NodeEnvironment<'_> {
     ) -> Option<Result<Machine, Stop>> {
         let a = self.ahead.take()?;
         Some(match a.wait.join() {
-            Ok((b, r, ended)) => self.booted(b, r, ended, emit),
+            Ok(w) => self.booted(w, emit),
             Err(_) => Err(stop(
                 StopKind::Infrastructure,
                 Phase::Boot,

@@ -39,6 +39,25 @@ pub(super) struct Booting {
     pub(super) started: Instant,
 }
 
+/// A [`Booting`] VM after its wait for SSH and systemd, and when that wait ended.
+pub(super) struct Waited {
+    booting: Booting,
+    result: Result<SshSession, VmError>,
+    ended: Instant,
+}
+
+impl Booting {
+    /// Waits for the VM to be up (on a thread of its own: the wait blocks).
+    pub(super) fn wait(mut self) -> Waited {
+        let result = self.vm.wait_ready();
+        Waited {
+            booting: self,
+            result,
+            ended: Instant::now(),
+        }
+    }
+}
+
 impl NodeEnvironment<'_> {
     /// Boots a new machine (and joins it when `join`).
     pub(super) fn machine(
@@ -91,26 +110,20 @@ impl NodeEnvironment<'_> {
             for _ in 0..wave {
                 booting.push(self.start_vm(&boot, emit)?);
             }
-            let waited: Vec<(Booting, Result<SshSession, VmError>, Instant)> =
-                std::thread::scope(|s| {
-                    let threads: Vec<_> = booting
-                        .into_iter()
-                        .map(|mut b| {
-                            s.spawn(move || {
-                                let r = b.vm.wait_ready();
-                                (b, r, Instant::now())
-                            })
-                        })
-                        .collect();
-                    threads
-                        .into_iter()
-                        .map(|t| t.join().expect("a boot thread does not panic"))
-                        .collect()
-                });
+            let waited: Vec<Waited> = std::thread::scope(|s| {
+                let threads: Vec<_> = booting
+                    .into_iter()
+                    .map(|b| s.spawn(move || b.wait()))
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("a boot thread does not panic"))
+                    .collect()
+            });
             let mut failed = None;
             let mut wave_ready = Vec::new();
-            for (b, r, ended) in waited.into_iter().rev() {
-                match self.booted(b, r, ended, emit) {
+            for w in waited.into_iter().rev() {
+                match self.booted(w, emit) {
                     Ok(m) => wave_ready.push(m),
                     Err(s) => {
                         failed.get_or_insert(s);
@@ -131,13 +144,15 @@ impl NodeEnvironment<'_> {
         Ok(ready)
     }
 
-    /// Ends the boot phase of `b` with the outcome of its wait, which ended at `ended`:
-    /// the machine, or the stop (its console kept as an artifact).
+    /// Ends the boot phase of a waited VM: the machine, or the stop (its console kept as
+    /// an artifact).
     pub(super) fn booted(
         &mut self,
-        b: Booting,
-        r: Result<SshSession, VmError>,
-        ended: Instant,
+        Waited {
+            booting: b,
+            result: r,
+            ended,
+        }: Waited,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Machine, Stop> {
         let r = r.map_err(|e| stop(classify_vm(&e), Phase::Boot, e.to_string()));

@@ -154,7 +154,7 @@ fn check_capacity(
     }
     let boots = checks.iter().any(|c| c.need != Need::Manifest);
     let at_once = n + usize::from(checks.iter().any(|c| c.destructive));
-    let per_vm = config.profile.vm.memory_mib + crate::vm::QEMU_OVERHEAD_MIB;
+    let per_vm = crate::vm::footprint_mib(config.profile.vm.memory_mib);
     let needed = at_once as u64 * per_vm;
     match crate::vm::mem_available_mib() {
         Some(available) if boots && needed > available => Err(RunError::Environment(format!(

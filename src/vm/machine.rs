@@ -254,6 +254,11 @@ pub fn mem_available_mib() -> Option<u64> {
 /// QEMU's own memory on top of the guest's, for the availability check.
 pub const QEMU_OVERHEAD_MIB: u64 = 256;
 
+/// What one VM of `memory_mib` takes of the host's memory: the guest's and QEMU's own.
+pub fn footprint_mib(memory_mib: u64) -> u64 {
+    memory_mib + QEMU_OVERHEAD_MIB
+}
+
 fn free_port() -> io::Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(l.local_addr()?.port())
@@ -315,7 +320,7 @@ impl Vm {
             Boot::Bios => {}
         }
         if let Some(available) = mem_available_mib() {
-            let requested = config.memory_mib + QEMU_OVERHEAD_MIB;
+            let requested = footprint_mib(config.memory_mib);
             if requested > available {
                 return Err(VmError::NotEnoughMemory {
                     requested_mib: requested,

@@ -16,4 +16,6 @@ pub mod rootfs;
 pub mod seed;
 
 pub use config::{AccelChoice, Boot, BootTimeouts, GuestForward, VmConfig};
-pub use machine::{mem_available_mib, BootTimings, Phase, Vm, VmError, QEMU_OVERHEAD_MIB};
+pub use machine::{
+    footprint_mib, mem_available_mib, BootTimings, Phase, Vm, VmError, QEMU_OVERHEAD_MIB,
+};

@@ -5,7 +5,8 @@
 # to a local control plane, runs every suite (integrity, containerd, kubelet, agent
 # connectivity against an endpoint nodegate hosts, the cluster's pods and Services across
 # both nodes, and the hot upgrade to the signed bundle v2 on a VM of its own) and writes
-# JUnit, a JSON report and artifacts. The rollback floor comes from the trust store's
+# JUnit, a JSON report, the HTML page and artifacts, and signed evidence of the run (with a
+# gate key made in the working folder on first use). The rollback floor comes from the trust store's
 # released.toml (the last released version of each image name), as a release pipeline
 # keeps it. Then it shows the gate refusing a tampered copy of the same release before
 # anything boots.
@@ -27,6 +28,8 @@ work=${1:-$(mktemp -d /tmp/nodegate-gate.XXXXXX)}
 shift $(( $# > 0 ? 1 : 0 ))
 mkdir -p "$work" && cd "$work"
 echo "== working in $work"
+[[ -f gate.key ]] || "$ng" keygen --out gate >/dev/null
+rm -rf out/evidence.tar
 
 echo "== nodegate run: two nodes of image v1, local control plane, all suites, hot upgrade to bundle v2"
 set +e
@@ -34,7 +37,7 @@ set +e
   --upgrade-bundle "$signed/bundle-v2/bundle.manifest.json" \
   --profile "$repo/profiles/debian-fixture.toml" --suites "$repo/suites" --suite all \
   --control-plane local --nodes 2 --junit out/junit.xml --json out/report.json \
-  --artifacts out/artifacts "$@"
+  --artifacts out/artifacts --evidence out/evidence.tar --evidence-key gate.key "$@"
 code=$?
 set -e
 
@@ -47,6 +50,9 @@ tampered=$?
 set -e
 [[ $tampered -eq 4 ]] || { echo "expected exit 4 (integrity) for the tampered release, got $tampered" >&2; exit 1; }
 
-echo "== reports: $work/out/junit.xml $work/out/report.json (artifacts in $work/out/artifacts)"
+echo "== the evidence verifies offline with the gate's public key"
+"$ng" evidence verify out/evidence.tar --trust gate.pub
+
+echo "== reports: $work/out/junit.xml $work/out/report.json, the page $work/out/report.html (artifacts in $work/out/artifacts, evidence $work/out/evidence.tar)"
 echo "== verdict for image v1: exit $code; tampered release refused (exit $tampered)"
 exit "$code"

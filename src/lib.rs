@@ -21,6 +21,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config_file;
 pub mod doctor;
+pub mod evidence;
 pub mod exit;
 pub mod fsutil;
 pub mod image;
@@ -35,6 +36,7 @@ pub mod rundir;
 pub mod runner;
 pub mod ssh;
 pub mod suite;
+pub mod timeline;
 pub mod vm;
 pub mod wait;
 

@@ -54,6 +54,8 @@ struct Record {
     command: String,
     json_report: Option<PathBuf>,
     junit_report: Option<PathBuf>,
+    #[serde(default)]
+    html_report: Option<PathBuf>,
     remote: Vec<RemoteObject>,
 }
 
@@ -104,11 +106,7 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 impl RunDir {
     /// Creates a run folder under [`root`] for `command`, whose reports (if any) a
     /// later [`reap`] marks as killed should this process die without finishing.
-    pub fn create(
-        command: &str,
-        json_report: Option<&Path>,
-        junit_report: Option<&Path>,
-    ) -> io::Result<RunDir> {
+    pub fn create(command: &str, reports: &crate::report::ReportPaths) -> io::Result<RunDir> {
         let root = root();
         private_dir(&root)?;
         let path = tempfile::Builder::new()
@@ -132,8 +130,9 @@ impl RunDir {
                 pid: std::process::id(),
                 started: crate::image::manifest::format_time(std::time::SystemTime::now()),
                 command: command.into(),
-                json_report: absolute(json_report),
-                junit_report: absolute(junit_report),
+                json_report: absolute(reports.json.as_deref()),
+                junit_report: absolute(reports.junit.as_deref()),
+                html_report: absolute(reports.html.as_deref()),
                 remote: Vec::new(),
             },
             path,
@@ -274,8 +273,11 @@ pub fn reap(root: &Path) -> Vec<Stale> {
             crate::image::manifest::format_time(std::time::SystemTime::now())
         );
         let reports = crate::report::mark_killed(
-            record.json_report.as_deref(),
-            record.junit_report.as_deref(),
+            &crate::report::ReportPaths {
+                json: record.json_report.clone(),
+                junit: record.junit_report.clone(),
+                html: record.html_report.clone(),
+            },
             &reason,
         );
         let remote = record
@@ -321,7 +323,7 @@ mod tests {
     fn a_live_run_is_left_alone_and_a_dead_one_is_reaped() {
         let root = tempfile::tempdir().unwrap();
         std::env::set_var("NODEGATE_STATE", root.path());
-        let live = RunDir::create("run", None, None).unwrap();
+        let live = RunDir::create("run", &Default::default()).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(live.path()).unwrap().mode() & 0o777, 0o700);
         fs::write(live.path().join("overlay.qcow2"), vec![1u8; 8192]).unwrap();

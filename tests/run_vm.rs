@@ -226,7 +226,7 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_the_local_control_plane() 
         assert!(names.contains(&s), "{names:?}");
     }
     assert_eq!(junit.failures + junit.errors, 0);
-    assert_eq!(junit.skipped, 0, "every check ran");
+    assert_eq!(common::junit_skipped(&junit), 0, "every check ran");
     let json = o.json();
     assert_eq!(json["properties"]["network"], "bridge");
     assert_eq!(json["properties"]["nodes"], "2");
@@ -397,6 +397,70 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_the_local_control_plane() 
         .unwrap()
         .contains("Linux version"));
     assert!(o.path("artifacts/profile.toml").is_file());
+    let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
+    common::junit_rules::assert_strict("the full flow's JUnit", &xml);
+    // The timeline: what the checks saw happen, on the node it happened to.
+    let marks = json["timeline"].as_array().unwrap();
+    let kinds: std::collections::BTreeSet<&str> =
+        marks.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    for k in [
+        "not-ready",
+        "link-cut",
+        "link-shaped",
+        "upgrade",
+        "heartbeat",
+    ] {
+        assert!(kinds.contains(k), "no {k} mark in the timeline: {kinds:?}");
+    }
+    for m in marks {
+        assert!(
+            json["nodes"].get(m["node"].as_str().unwrap()).is_some(),
+            "{m}"
+        );
+    }
+    // The page, as Chromium renders it: the verdict, and a row per node with its boot,
+    // join, Ready and the checks run on it (a cluster check is drawn on the node it runs
+    // from), and the marks on the nodes they concern.
+    let page = common::browser::render(&o.path("report.html"));
+    assert_eq!(page.verdict(), "passed");
+    let rows = page.timeline();
+    assert_eq!(rows[0].0, "(run)", "{rows:?}");
+    let mut ran_on = 0;
+    for (node, _) in json["nodes"].as_object().unwrap() {
+        let (_, kinds) = rows
+            .iter()
+            .find(|(n, _)| n == node)
+            .unwrap_or_else(|| panic!("no timeline row for {node}: {rows:?}"));
+        let ran_here = json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["node"] == node.as_str());
+        let expected: &[&str] = if ran_here {
+            &["boot", "join", "ready", "check", "teardown"]
+        } else {
+            &["boot", "join", "ready", "teardown"]
+        };
+        for k in expected {
+            assert!(
+                kinds.iter().any(|x| x == k),
+                "{node}'s row lacks {k}: {kinds:?}"
+            );
+        }
+        ran_on += usize::from(ran_here);
+    }
+    assert!(
+        ran_on >= 3,
+        "checks on the shared node and each destructive one: {rows:?}"
+    );
+    for m in marks {
+        let (node, kind) = (m["node"].as_str().unwrap(), m["kind"].as_str().unwrap());
+        let row = &rows.iter().find(|(n, _)| n == node).unwrap().1;
+        assert!(
+            row.iter().any(|k| k == kind),
+            "{kind} of {node} not drawn: {row:?}"
+        );
+    }
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
@@ -528,6 +592,31 @@ expect = { stdout = "v0.0.0" }
             assert_eq!(reruns.runs.len(), 1, "the first attempt is a rerunFailure");
         }
         other => panic!("{other:?}"),
+    }
+    let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
+    common::junit_rules::assert_strict("a run with flaky and failed checks", &xml);
+    // The page of this failing run, as Chromium renders it.
+    let page = common::browser::render(&o.path("report.html"));
+    assert_eq!(page.verdict(), "failed");
+    let (status, message) = page.check("behaviour::wrong");
+    assert_eq!(status, "failed");
+    assert_eq!(message, wrong["message"].as_str().unwrap());
+    assert!(
+        page.dom.contains(">v0.0.0<") && page.dom.contains(">v1.20.2<"),
+        "expected and actual"
+    );
+    assert_eq!(page.check("behaviour::flaky").0, "flaky");
+    let rows = page.timeline();
+    let node = check("flaky")["node"].as_str().unwrap().to_string();
+    let (_, kinds) = rows
+        .iter()
+        .find(|(n, _)| *n == node)
+        .unwrap_or_else(|| panic!("no timeline row for {node}: {rows:?}"));
+    for k in ["boot", "check", "teardown"] {
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "{node}'s row lacks {k}: {kinds:?}"
+        );
     }
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }
@@ -717,7 +806,7 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
         common::run_error(&o.path("junit.xml")).as_deref(),
         Some("interrupted")
     );
-    assert!(o.junit().skipped > 0);
+    assert!(common::junit_skipped(&o.junit()) > 0);
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
     assert!(
         run_folder(state.path()).is_none(),
@@ -1337,5 +1426,7 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
         .unwrap()
         .keys()
         .any(|k| k.ends_with("/containerd")));
+    let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
+    common::junit_rules::assert_strict("a run whose checks caught injected faults", &xml);
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
 }

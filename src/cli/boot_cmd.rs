@@ -115,11 +115,12 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
         tell!("nodegate: notice: {}", crate::rundir::describe(&stale));
     }
     // The run's private folder: reaped by the next nodegate if this one is killed.
-    let private =
-        crate::rundir::RunDir::create("boot", None, None).map_err(|source| CliError::Output {
+    let private = crate::rundir::RunDir::create("boot", &Default::default()).map_err(|source| {
+        CliError::Output {
             path: crate::rundir::root(),
             source,
-        })?;
+        }
+    })?;
     let run_dir = match &args.run_dir {
         Some(d) => d.clone(),
         None => private.path().join("vm"),

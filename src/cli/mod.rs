@@ -65,6 +65,9 @@ enum Command {
     /// Work with reports.
     #[command(subcommand)]
     Report(tool_cmds::ReportCommand),
+    /// Work with signed evidence (`nodegate run --evidence`).
+    #[command(subcommand)]
+    Evidence(tool_cmds::EvidenceCommand),
 }
 
 /// Everything a subcommand can fail with. The message is one line that names the file,
@@ -111,6 +114,9 @@ pub enum CliError {
     /// JUnit files could not be merged.
     #[error(transparent)]
     Merge(#[from] crate::report::junit::MergeError),
+    /// Evidence was refused or could not be read.
+    #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
     /// Arguments that parse but make no sense together.
     #[error("{0}")]
     Usage(String),
@@ -129,6 +135,7 @@ impl CliError {
             CliError::Output { .. } => exit::ENVIRONMENT,
             CliError::Run(e) => e.exit_code(),
             CliError::Merge(_) => exit::BAD_INPUT,
+            CliError::Evidence(e) => e.exit_code(),
             CliError::Usage(_) => exit::USAGE,
         }
     }
@@ -159,6 +166,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run_cmd::run(*args),
         Command::Doctor => tool_cmds::doctor(),
         Command::Report(cmd) => tool_cmds::report(cmd),
+        Command::Evidence(cmd) => tool_cmds::evidence(cmd),
     };
     match result {
         Ok(code) => code,

@@ -94,6 +94,16 @@ pub struct RunArgs {
     /// JUnit XML report.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
+    /// HTML page of the report (default: the JSON report's path with `.html`).
+    #[arg(long, value_name = "PATH")]
+    html: Option<PathBuf>,
+    /// Signed certification evidence: a folder, or a tar file if PATH ends in `.tar`
+    /// (docs/evidence.md). Needs --evidence-key.
+    #[arg(long, value_name = "PATH", requires = "evidence_key")]
+    evidence: Option<PathBuf>,
+    /// The gate's private key that signs the evidence (`nodegate keygen`).
+    #[arg(long, value_name = "KEY", requires = "evidence")]
+    evidence_key: Option<PathBuf>,
     /// JSON report (docs/report-schema.md).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -202,7 +212,15 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
             None,
         ),
     };
+    let evidence = match (&args.evidence, &args.evidence_key) {
+        (Some(path), Some(key)) => Some(crate::evidence::EvidenceConfig {
+            path: path.clone(),
+            key: crate::image::keys::load_signing_key(key)?,
+        }),
+        _ => None,
+    };
     let config = RunConfig {
+        evidence,
         image: args.image.clone(),
         manifest: args.manifest.clone(),
         signature: args.signature.clone(),
@@ -223,6 +241,10 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         reports: ReportPaths {
             junit: args.junit.clone(),
             json: args.json.clone(),
+            html: args.html.clone().or_else(|| {
+                let j = args.json.as_ref()?;
+                Some(j.with_extension("html")).filter(|h| h != j)
+            }),
         },
     };
     let mut terminal = Terminal::stdout(match args.color {

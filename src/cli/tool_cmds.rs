@@ -1,4 +1,4 @@
-//! `nodegate doctor` and `nodegate report merge`.
+//! `nodegate doctor`, `nodegate report merge` and `nodegate evidence verify`.
 
 use std::path::PathBuf;
 
@@ -12,6 +12,18 @@ use crate::report::junit;
 pub enum ReportCommand {
     /// Merge JUnit files from sharded runs (`--partition hash:M/N`) into one.
     Merge(MergeArgs),
+    /// Write each testsuite of a JUnit file as DIR/TEST-SUITE.xml (Maven Surefire's layout).
+    Split(SplitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The JUnit file.
+    #[arg(value_name = "JUNIT")]
+    input: PathBuf,
+    /// The folder for the files.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -24,12 +36,55 @@ pub struct MergeArgs {
     output: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Check a bundle offline: signed by a trusted key, every file as listed, nothing
+    /// added (exit 0; 4 when it is not what was signed, naming the file).
+    Verify(EvidenceVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvidenceVerifyArgs {
+    /// The bundle: a folder or a .tar file.
+    #[arg(value_name = "EVIDENCE")]
+    bundle: PathBuf,
+    /// Trusted gate keys: one public key file or a folder of *.pub / *.pem.
+    #[arg(long, value_name = "PATH")]
+    trust: PathBuf,
+}
+
+pub fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
+    match cmd {
+        EvidenceCommand::Verify(a) => {
+            let trust = crate::image::keys::TrustStore::load(&a.trust)?;
+            let v = crate::evidence::verify(&a.bundle, &trust)?;
+            say!(
+                "{}: evidence verified: {} files, signed by {}",
+                a.bundle.display(),
+                v.files,
+                v.key_id.as_str()
+            );
+            Ok(exit::PASS)
+        }
+    }
+}
+
 pub fn report(cmd: ReportCommand) -> Result<i32, CliError> {
     match cmd {
+        ReportCommand::Split(a) => {
+            let report = junit::merge(std::slice::from_ref(&a.input))?;
+            let files = junit::split(&report)
+                .map_err(|e| CliError::Usage(format!("cannot serialize JUnit: {e}")))?;
+            for (name, xml) in &files {
+                crate::report::write(&a.output.join(name), xml.as_bytes())
+                    .map_err(crate::run::RunError::from)?;
+            }
+            say!("{}: {} files", a.output.display(), files.len());
+            Ok(exit::PASS)
+        }
         ReportCommand::Merge(a) => {
             let merged = junit::merge(&a.inputs)?;
-            let xml = merged
-                .to_string()
+            let xml = junit::to_xml(&merged)
                 .map_err(|e| CliError::Usage(format!("cannot serialize JUnit: {e}")))?;
             crate::report::write(&a.output, xml.as_bytes()).map_err(crate::run::RunError::from)?;
             say!(

@@ -28,10 +28,32 @@ fn one_line(
     }
 }
 
+/// "message\nexpected: X\nactual: Y": a failure's whole text.
+fn failure_text(
+    message: &Option<String>,
+    expected: &Option<String>,
+    actual: &Option<String>,
+) -> String {
+    format!(
+        "{}\nexpected: {}\nactual: {}\n",
+        message.clone().unwrap_or_default(),
+        expected.clone().unwrap_or_else(|| "-".into()),
+        actual.clone().unwrap_or_else(|| "-".into())
+    )
+}
+
+/// A failed attempt as a rerun or flaky element: `type` and a `stackTrace` (both
+/// required by Surefire's schema), the attempt's time in the message (the strict
+/// xunit schema has no `time` attribute there).
 fn rerun(a: &AttemptReport) -> TestRerun {
     let mut r = TestRerun::new(NonSuccessKind::Failure);
-    r.set_time(secs(a.duration_secs))
-        .set_message(one_line(&a.message, &a.expected, &a.actual))
+    r.set_type("check failed")
+        .set_message(format!(
+            "{} [attempt of {}]",
+            one_line(&a.message, &a.expected, &a.actual),
+            crate::message::duration(secs(a.duration_secs))
+        ))
+        .set_stack_trace(failure_text(&a.message, &a.expected, &a.actual))
         .set_system_out(a.output.clone());
     r
 }
@@ -55,24 +77,23 @@ fn case(c: &CheckReport) -> TestCase {
                 kind: NonSuccessKind::Failure,
                 message: Some(one_line(&c.message, &c.expected, &c.actual).into()),
                 ty: Some("check failed".into()),
-                description: Some(
-                    format!(
-                        "{}\nexpected: {}\nactual: {}\n",
-                        c.message.clone().unwrap_or_default(),
-                        c.expected.clone().unwrap_or_else(|| "-".into()),
-                        c.actual.clone().unwrap_or_else(|| "-".into())
-                    )
-                    .into(),
-                ),
+                description: Some(failure_text(&c.message, &c.expected, &c.actual).into()),
                 reruns: NonSuccessReruns {
                     kind: quick_junit::FlakyOrRerun::Rerun,
                     runs: if last.is_some() { runs } else { Vec::new() },
                 },
             }
         }
+        // Surefire's schema allows no `type` on <skipped>: the status leads the message.
         _ => TestCaseStatus::Skipped {
-            message: Some(c.reason.clone().unwrap_or_else(|| c.status.clone()).into()),
-            ty: Some(c.status.clone().into()),
+            message: Some(
+                match &c.reason {
+                    Some(r) => format!("{}: {r}", c.status),
+                    None => c.status.clone(),
+                }
+                .into(),
+            ),
+            ty: None,
             description: None,
         },
     };
@@ -82,11 +103,23 @@ fn case(c: &CheckReport) -> TestCase {
     if let Some(last) = c.attempts.last() {
         t.set_system_out(last.output.clone());
     }
-    t.add_property(Property::new("description", c.description.clone()));
-    if !c.tags.is_empty() {
-        t.add_property(Property::new("tags", c.tags.join(",")));
-    }
     t
+}
+
+/// A check's own facts, as properties of its testsuite (the strict schema allows no
+/// `<properties>` in a testcase): `check.NAME.description`, `check.NAME.tags`.
+fn case_properties(c: &CheckReport) -> Vec<Property> {
+    let mut p = vec![Property::new(
+        format!("check.{}.description", c.name),
+        c.description.clone(),
+    )];
+    if !c.tags.is_empty() {
+        p.push(Property::new(
+            format!("check.{}.tags", c.name),
+            c.tags.join(","),
+        ));
+    }
+    p
 }
 
 /// The suite holding the run's own testcase ([`RUN_CASE`]); check suites may not take
@@ -141,12 +174,11 @@ fn run_case(r: &RunReport) -> TestCase {
     t.set_classname(RUN_SUITE)
         .set_time(secs(r.duration_secs))
         .set_system_out(phases);
-    t.add_property(Property::new(
-        "description",
-        "The run itself: verified, booted and joined what its checks needed, and ran every selected check to a verdict.",
-    ));
     t
 }
+
+/// What the run testcase proves.
+const RUN_DESCRIPTION: &str = "The run itself: verified, booted and joined what its checks needed, and ran every selected check to a verdict.";
 
 /// The JUnit report: the run's own testsuite ([`RUN_SUITE`]), then one testsuite per
 /// check suite, the run's properties (and each node's as `node.NAME.KEY`) on each.
@@ -164,9 +196,19 @@ pub fn to_junit(r: &RunReport) -> Report {
             }
         }
         s.add_property(Property::new("nodegate.verdict", r.verdict.clone()));
+        if let Some(stop) = &r.stop {
+            s.add_property(Property::new(
+                "nodegate.stop",
+                format!("stopped in {}: {} ({})", stop.phase, stop.kind, stop.reason),
+            ));
+        }
         s
     };
     let mut own = new_suite(RUN_SUITE);
+    own.add_property(Property::new(
+        format!("check.{RUN_CASE}.description"),
+        RUN_DESCRIPTION,
+    ));
     own.add_test_case(run_case(r));
     own.set_time(secs(r.duration_secs));
     let mut suites: Vec<TestSuite> = vec![own];
@@ -179,21 +221,63 @@ pub fn to_junit(r: &RunReport) -> Report {
             }
         };
         let s = &mut suites[i];
+        s.add_properties(case_properties(c));
         s.add_test_case(case(c));
         s.set_time(s.time.unwrap_or_default() + secs(c.duration_secs));
-    }
-    if let Some(stop) = &r.stop {
-        let text = format!(
-            "stopped in {}: {} ({})\n",
-            stop.phase, stop.kind, stop.reason
-        );
-        for s in &mut suites {
-            s.set_system_err(text.clone());
-        }
     }
     report.add_test_suites(suites);
     report
 }
+
+/// The report as XML the strict readers take: quick-junit's serialization without the
+/// `skipped` attribute of `<testsuites>`, which the xunit plugin's junit-10.xsd does not
+/// allow there (each `<testsuite>` keeps its own).
+pub fn to_xml(report: &Report) -> Result<String, quick_junit::SerializeError> {
+    let xml = report.to_string()?;
+    let Some(start) = xml.find("<testsuites") else {
+        return Ok(xml);
+    };
+    let end = start + xml[start..].find('>').unwrap_or(0);
+    let tag = &xml[start..end];
+    let cleaned = SKIPPED_ATTR.replace(tag, "");
+    Ok(format!("{}{}{}", &xml[..start], cleaned, &xml[end..]))
+}
+
+/// Each testsuite of `report` as a file of its own, the layout Maven Surefire writes and
+/// its schema describes (`<testsuite>` as the root): `(TEST-SUITE.xml, XML)`.
+pub fn split(report: &Report) -> Result<Vec<(String, String)>, quick_junit::SerializeError> {
+    let mut files = Vec::new();
+    for s in &report.test_suites {
+        let mut one = Report::new("nodegate");
+        one.add_test_suite(s.clone());
+        let xml = one.to_string()?;
+        // quick-junit escapes every text and attribute, so the suite's own start tag and
+        // the last `</testsuite>` delimit it.
+        let body = match (xml.find("<testsuite "), xml.rfind("</testsuite>")) {
+            (Some(a), Some(b)) => &xml[a..b + "</testsuite>".len()],
+            _ => continue,
+        };
+        let name: String = s
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        files.push((
+            format!("TEST-{name}.xml"),
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}\n"),
+        ));
+    }
+    Ok(files)
+}
+
+static SKIPPED_ATTR: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r#" skipped="[0-9]+""#).expect("valid"));
 
 /// Marks the run testcase of a JUnit report as killed (an `<error>`), unless the run had
 /// finished. Returns whether the report changed.

@@ -4,6 +4,7 @@
 
 pub mod junit;
 pub mod model;
+pub mod page;
 pub mod terminal;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ pub struct ReportPaths {
     pub junit: Option<PathBuf>,
     /// JSON report.
     pub json: Option<PathBuf>,
+    /// The HTML page.
+    pub html: Option<PathBuf>,
 }
 
 /// Why a report could not be written.
@@ -68,7 +71,7 @@ impl ReportWriter {
         }
     }
 
-    /// Writes both files now.
+    /// Writes the files now.
     pub fn flush(&mut self) {
         let r = &self.recorder.report;
         let mut results = Vec::new();
@@ -76,8 +79,11 @@ impl ReportWriter {
             let text = serde_json::to_string_pretty(r).unwrap_or_default() + "\n";
             results.push(write(p, text.as_bytes()));
         }
+        if let Some(p) = &self.paths.html {
+            results.push(write(p, page::render(r).as_bytes()));
+        }
         if let Some(p) = &self.paths.junit {
-            let xml = junit::to_junit(r).to_string().map_err(|e| WriteError {
+            let xml = junit::to_xml(&junit::to_junit(r)).map_err(|e| WriteError {
                 path: p.clone(),
                 message: e.to_string(),
             });
@@ -96,11 +102,12 @@ impl ReportWriter {
 }
 
 /// Marks the reports of a run that was killed (a JSON report still `running`, a JUnit
-/// report whose run testcase is unfinished) as killed, saying `reason`. Returns the files
-/// changed; reports that are unreadable or already finished are left as they are.
-pub fn mark_killed(json: Option<&Path>, junit: Option<&Path>, reason: &str) -> Vec<PathBuf> {
+/// report whose run testcase is unfinished) as killed, saying `reason`, and draws the
+/// page again from the marked JSON. Returns the files changed; reports that are
+/// unreadable or already finished are left as they are.
+pub fn mark_killed(paths: &ReportPaths, reason: &str) -> Vec<PathBuf> {
     let mut changed = Vec::new();
-    if let Some(p) = json {
+    if let Some(p) = &paths.json {
         let report: Option<RunReport> = std::fs::read(p)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -119,15 +126,20 @@ pub fn mark_killed(json: Option<&Path>, junit: Option<&Path>, reason: &str) -> V
             if write(p, text.as_bytes()).is_ok() {
                 changed.push(p.to_owned());
             }
+            if let Some(h) = &paths.html {
+                if write(h, page::render(&r).as_bytes()).is_ok() {
+                    changed.push(h.to_owned());
+                }
+            }
         }
     }
-    if let Some(p) = junit {
+    if let Some(p) = &paths.junit {
         let parsed = std::fs::read_to_string(p)
             .ok()
             .and_then(|t| quick_junit::Report::deserialize_from_str(&t).ok());
         if let Some(mut r) = parsed {
             if junit::mark_killed(&mut r, reason) {
-                if let Ok(x) = r.to_string() {
+                if let Ok(x) = junit::to_xml(&r) {
                     if write(p, x.as_bytes()).is_ok() {
                         changed.push(p.to_owned());
                     }

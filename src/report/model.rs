@@ -46,6 +46,26 @@ pub struct RunReport {
     pub summary: Summary,
     /// Files kept: name -> path.
     pub artifacts: BTreeMap<String, PathBuf>,
+    /// What happened on the nodes besides phases and checks, in the order it was
+    /// recorded (NotReady windows, link cuts, upgrades, heartbeats).
+    #[serde(default)]
+    pub timeline: Vec<MarkReport>,
+}
+
+/// One mark on a node's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkReport {
+    /// The node.
+    pub node: String,
+    /// `not-ready`, `link-cut`, `link-shaped`, `upgrade` or `heartbeat`.
+    pub kind: String,
+    /// RFC 3339 UTC, milliseconds.
+    pub at: String,
+    /// Seconds; `null` for an instant.
+    pub duration_secs: Option<f64>,
+    /// One line.
+    pub label: String,
 }
 
 /// An early stop.
@@ -222,6 +242,7 @@ impl Recorder {
                 checks: Vec::new(),
                 summary: Summary::default(),
                 artifacts: BTreeMap::new(),
+                timeline: Vec::new(),
             },
             start: Instant::now(),
         }
@@ -268,6 +289,13 @@ impl Recorder {
                     .or_default()
                     .insert(name.clone(), value.clone());
             }
+            Event::Mark(m) => r.timeline.push(MarkReport {
+                node: m.node.clone(),
+                kind: m.kind.as_str().into(),
+                at: humantime::format_rfc3339_millis(m.at).to_string(),
+                duration_secs: m.duration.map(|d| d.as_secs_f64()),
+                label: m.label.clone(),
+            }),
             Event::Artifact { name, path } => {
                 r.artifacts.insert(name.clone(), path.clone());
             }

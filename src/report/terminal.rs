@@ -109,6 +109,7 @@ impl Terminal {
             Event::Property { .. }
             | Event::NodeProperty { .. }
             | Event::Artifact { .. }
+            | Event::Mark(_)
             | Event::CheckStarted { .. } => {}
             Event::CheckRetrying {
                 id,

@@ -252,6 +252,15 @@ impl<'c> NodeEnvironment<'c> {
 
     pub(super) fn release(&mut self, m: Machine, emit: &mut dyn FnMut(Event)) {
         artifacts::keep_console(&m.vm, &self.config.artifacts, &m.name, emit);
+        let log = m
+            .endpoint
+            .as_ref()
+            .or(self.endpoint.as_ref())
+            .map(|e| e.requests())
+            .unwrap_or_default();
+        for mark in crate::suite::heartbeat_marks(&log, &self.config.profile, &m.name) {
+            emit(Event::Mark(mark));
+        }
         let remote = self
             .cp
             .as_ref()

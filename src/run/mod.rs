@@ -6,6 +6,7 @@ pub mod artifacts;
 mod boot_ahead;
 pub use boot_ahead::BootAheadChoice;
 pub mod environment;
+mod evidence;
 mod joining;
 pub mod machines;
 mod pod_network;
@@ -68,6 +69,8 @@ pub struct RunConfig {
     pub artifacts: PathBuf,
     /// Report files.
     pub reports: ReportPaths,
+    /// Signed evidence of the run (`--evidence`).
+    pub evidence: Option<crate::evidence::EvidenceConfig>,
 }
 
 /// Why a run could not start. One line each, naming the file concerned.
@@ -91,6 +94,9 @@ pub enum RunError {
     /// A report file could not be written.
     #[error(transparent)]
     Report(#[from] crate::report::WriteError),
+    /// The evidence could not be written.
+    #[error(transparent)]
+    Evidence(#[from] crate::evidence::EvidenceError),
     /// The run's private folder or the verified copies could not be made.
     #[error("{0}")]
     Environment(String),
@@ -101,7 +107,9 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Usage(_) => exit::USAGE,
-            RunError::Report(_) | RunError::Environment(_) => exit::ENVIRONMENT,
+            RunError::Report(_) | RunError::Environment(_) | RunError::Evidence(_) => {
+                exit::ENVIRONMENT
+            }
             _ => exit::BAD_INPUT,
         }
     }
@@ -399,12 +407,7 @@ pub fn execute(
             crate::rundir::describe(&stale)
         );
     }
-    let mut rundir = crate::rundir::RunDir::create(
-        "run",
-        config.reports.json.as_deref(),
-        config.reports.junit.as_deref(),
-    )
-    .map_err(|e| {
+    let mut rundir = crate::rundir::RunDir::create("run", &config.reports).map_err(|e| {
         RunError::Environment(format!(
             "{}: cannot make the run's folder: {e}",
             crate::rundir::root().display()
@@ -439,6 +442,10 @@ pub fn execute(
     // (a component this manifest does not list) does not block the others.
     let defs = select(defs, selection);
     let checks = runner::order(suite::plan(&defs, &vars)?);
+    let suite_files: Vec<(PathBuf, String)> = defs
+        .iter()
+        .map(|d| (d.path.clone(), d.text.clone()))
+        .collect();
     let disk = disk_and_boot(config, &verification, manifest.as_ref());
     if matches!(verification, Verification::Unsigned(_)) && disk.path.as_os_str().is_empty() {
         return Err(RunError::Usage(
@@ -534,6 +541,15 @@ pub fn execute(
     });
     if let Some(e) = writer.error.take() {
         return Err(e.into());
+    }
+    if let Some(to) = &config.evidence {
+        let n = evidence::gather(config, &suite_files, &writer.recorder.report)?.write(to)?;
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "evidence: {} ({n} files, signed)",
+            to.path.display()
+        );
     }
     Ok(code)
 }

@@ -225,6 +225,8 @@ pub enum Event {
         /// Where.
         path: std::path::PathBuf,
     },
+    /// Something that happened on a node, for its timeline.
+    Mark(crate::timeline::Mark),
     /// A check began.
     CheckStarted {
         /// Its id.

@@ -256,6 +256,9 @@ fn run_one(
                 reason: format!("interrupted during {}", c.id()),
             });
         }
+        for m in std::mem::take(&mut attempt.marks) {
+            emit(Event::Mark(m));
+        }
         let failure = result.err();
         let passed = failure.is_none();
         rec.attempts.push(AttemptRecord {

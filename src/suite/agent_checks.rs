@@ -9,6 +9,7 @@ use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
 use crate::agent_endpoint::Received;
 use crate::network::Impairment;
 use crate::profile::Profile;
+use crate::timeline::{Mark, MarkKind};
 use crate::vm::qemu::NIC_ID;
 
 /// Requests from this node that the endpoint answered 200, on `path`.
@@ -164,6 +165,14 @@ fn beats_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> Vec<Instant>
     .collect()
 }
 
+/// The heartbeats the endpoint accepted from `node`, as timeline marks.
+pub fn heartbeat_marks(log: &[Received], profile: &Profile, node: &str) -> Vec<Mark> {
+    accepted(log, profile, node, &profile.agent.heartbeat_path)
+        .into_iter()
+        .map(|r| Mark::instant(node, MarkKind::Heartbeat, r.at, "heartbeat accepted".into()))
+        .collect()
+}
+
 /// `agent-heartbeats`: `count` heartbeats arrive at the profile's interval, the mean
 /// within `tolerance`; the jitter (largest deviation) is reported. With `latency` and/or
 /// `loss`, the node's link is shaped so while they are counted (the run's bridge).
@@ -200,8 +209,17 @@ pub fn heartbeats(
     let beats = wait_for(g, attempt, budget, |_| {
         let b = beats_since(g, profile, since);
         (b.len() > count).then_some(b)
-    })
-    .ok_or_else(|| {
+    });
+    if let Some(imp) = &impairment {
+        attempt.mark(Mark::span(
+            g.name,
+            MarkKind::LinkShaped,
+            since,
+            Instant::now(),
+            format!("link shaped: {imp}"),
+        ));
+    }
+    let beats = beats.ok_or_else(|| {
         Failure::mismatch(
             format!("heartbeats stopped arriving from {}", g.name),
             format!(
@@ -253,6 +271,13 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     qmp.set_link(NIC_ID, true)
         .map_err(|e| Failure::new(format!("qmp set_link on: {e}")))?;
     let up = Instant::now();
+    attempt.mark(Mark::span(
+        g.name,
+        MarkKind::LinkCut,
+        cut,
+        up,
+        format!("link {NIC_ID} down (QMP)"),
+    ));
     if during > 0 {
         return Err(Failure::new(format!(
             "{during} requests arrived while the link was down: the cut did not cut"
@@ -305,6 +330,13 @@ pub fn partition(
     let during = from_node_since(g, profile, cut + Duration::from_secs(1));
     drop(heal);
     let up = Instant::now();
+    attempt.mark(Mark::span(
+        g.name,
+        MarkKind::LinkCut,
+        cut,
+        up,
+        format!("link {} cut", link.port.tap),
+    ));
     if during > 0 {
         return Err(Failure::new(format!(
             "{during} requests from {} arrived while its link was down: the partition did not cut",

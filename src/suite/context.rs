@@ -154,6 +154,8 @@ pub struct Attempt {
     timeout: Duration,
     /// Commands run and their output.
     pub transcript: String,
+    /// What the check saw happen on its nodes, for the timeline.
+    pub marks: Vec<crate::timeline::Mark>,
 }
 
 impl Attempt {
@@ -163,6 +165,7 @@ impl Attempt {
             deadline: Instant::now() + timeout,
             timeout,
             transcript: String::new(),
+            marks: Vec::new(),
         }
     }
 
@@ -183,6 +186,11 @@ impl Attempt {
     /// Notes a line in the transcript.
     pub fn note(&mut self, line: impl AsRef<str>) {
         let _ = writeln!(self.transcript, "{}", line.as_ref());
+    }
+
+    /// Records what happened on a node for the timeline.
+    pub fn mark(&mut self, mark: crate::timeline::Mark) {
+        self.marks.push(mark);
     }
 
     /// Runs `command` in the guest within the time left; records it and its output.

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::config_file::{self, ConfigError};
 
+pub use agent_checks::heartbeat_marks;
 pub use builtin::Need;
 pub use context::{Attempt, CheckEnv, Failure, Guest, Member, Verification};
 pub use plan::{plan, Check, CheckKind, PlanError};
@@ -49,6 +50,9 @@ pub struct SuiteDef {
     /// The file it came from.
     #[serde(skip)]
     pub path: PathBuf,
+    /// The file's text as read (kept with signed evidence).
+    #[serde(skip)]
+    pub text: String,
 }
 
 /// One check as written in a suite file.
@@ -186,6 +190,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<SuiteDef>, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<SuiteDef, ConfigError> {
     let mut s: SuiteDef = config_file::parse(path, text)?;
     s.path = path.to_owned();
+    s.text = text.to_string();
     validate(&s)?;
     Ok(s)
 }

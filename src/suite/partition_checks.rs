@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::builtin::Builtin;
 use super::cluster_checks::ready_status;
 use super::context::{Attempt, CheckEnv, Failure};
+use crate::timeline::{Mark, MarkKind};
 
 /// Polls the Node's Ready status every second until `done` accepts it or `within`
 /// passes; returns the time it took.
@@ -65,6 +66,14 @@ pub fn node_partition(
     let not_ready = wait_status(kubectl, &node, down, |s| s != "True");
     std::thread::sleep(down.saturating_sub(cut.elapsed()));
     drop(heal);
+    let healed = Instant::now();
+    attempt.mark(Mark::span(
+        &node,
+        MarkKind::LinkCut,
+        cut,
+        healed,
+        format!("link {} cut", link.port.tap),
+    ));
     attempt.note(format!(
         "{node}: link up after {:.1}s",
         cut.elapsed().as_secs_f64()
@@ -83,7 +92,15 @@ pub fn node_partition(
         "{node}: NotReady {:.1}s into the partition",
         not_ready.as_secs_f64()
     ));
-    let back = wait_status(kubectl, &node, budget, |s| s == "True").map_err(|s| {
+    let back = wait_status(kubectl, &node, budget, |s| s == "True");
+    attempt.mark(Mark::span(
+        &node,
+        MarkKind::NotReady,
+        cut + not_ready,
+        healed + *back.as_ref().unwrap_or(&budget),
+        "NotReady during the partition".into(),
+    ));
+    let back = back.map_err(|s| {
         Failure::mismatch(
             format!("Node {node} did not come back Ready after the partition healed"),
             format!("Ready=True within {}", crate::message::duration(budget)),

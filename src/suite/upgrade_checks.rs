@@ -151,6 +151,38 @@ fn canary_task(
         })
 }
 
+/// Puts the upgrade (from the script's start until now) and its NotReady stretches on
+/// the node's timeline.
+fn mark_upgrade(
+    attempt: &mut Attempt,
+    node: &str,
+    applied_at: Instant,
+    not_ready: &[(Instant, Option<Instant>)],
+) {
+    use crate::timeline::{Mark, MarkKind};
+    let now = Instant::now();
+    attempt.mark(Mark::span(
+        node,
+        MarkKind::Upgrade,
+        applied_at,
+        now,
+        "hot upgrade: the bundle's script until Ready with its kubelet".into(),
+    ));
+    for (start, end) in not_ready {
+        let end = end.unwrap_or(now);
+        attempt.mark(Mark::span(
+            node,
+            MarkKind::NotReady,
+            *start,
+            end,
+            format!(
+                "NotReady {} during the hot upgrade",
+                crate::message::duration(end - *start)
+            ),
+        ));
+    }
+}
+
 /// `hot-upgrade`: verifies the bundle, starts a canary pod, applies the bundle's script
 /// in place, then checks: no reboot; every component the bundle lists is at its version,
 /// read from the binary the bundle lists (by digest) and, where a unit runs it, running;
@@ -299,6 +331,7 @@ pub fn hot_upgrade(
             break;
         }
         if Instant::now() >= deadline || attempt.remaining() < Duration::from_secs(5) {
+            mark_upgrade(attempt, &node, applied_at, &not_ready);
             return Err(Failure::mismatch(
                 format!(
                     "node {node} not Ready with the bundle's kubelet within {}",
@@ -313,6 +346,7 @@ pub fn hot_upgrade(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    mark_upgrade(attempt, &node, applied_at, &not_ready);
     let window: f64 = not_ready
         .iter()
         .map(|(a, b)| {

@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The absolute path of `rel` in this repository (suites, profiles, test data).
+pub mod browser;
+
+/// Skipped testcases of a JUnit report, counted per testsuite (the strict schema has no
+/// `skipped` count on `<testsuites>`, so nodegate writes none there).
+pub fn junit_skipped(r: &quick_junit::Report) -> usize {
+    r.test_suites.iter().map(|s| s.skipped).sum()
+}
+pub mod junit_rules;
+
 pub fn repo(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(rel)

@@ -10,9 +10,9 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use sha2::{Digest, Sha256};
 
-use crate::image::keys::{KeyId, TrustStore};
+use crate::image::digest::{sha256_bytes, sha256_reader};
+use crate::image::keys::{public_pem, KeyId, TrustStore};
 
 /// The digest list.
 pub const SUMS: &str = "SHA256SUMS";
@@ -107,16 +107,11 @@ impl Evidence {
 
     /// Lists and signs everything, then writes the bundle; returns the number of files.
     pub fn write(mut self, to: &EvidenceConfig) -> Result<usize, EvidenceError> {
-        let public = ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
-            &to.key.verifying_key(),
-            ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF,
-        )
-        .unwrap_or_default();
-        self.add(SIGNER_KEY, public.into_bytes());
+        self.add(SIGNER_KEY, public_pem(&to.key.verifying_key()).into_bytes());
         let sums: String = self
             .files
             .iter()
-            .map(|(name, bytes)| format!("{}  {name}\n", hex::encode(Sha256::digest(bytes))))
+            .map(|(name, bytes)| format!("{}  {name}\n", sha256_bytes(bytes)))
             .collect();
         let signature = to.key.sign(sums.as_bytes());
         self.add(SUMS, sums.into_bytes());
@@ -267,23 +262,17 @@ impl Found {
             path: bundle.join(&name),
             source,
         };
+        // The list and its signature are kept (their first 16 MiB), and hashed whole.
         let keep = name == SUMS || name == SUMS_SIG;
-        let (mut hash, mut kept, mut buf) = (Sha256::new(), Vec::new(), [0u8; 64 * 1024]);
-        loop {
-            let n = r.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            if keep && kept.len() < (16 << 20) {
-                kept.extend_from_slice(&buf[..n]);
-            }
+        let mut kept = Vec::new();
+        if keep {
+            (&mut *r)
+                .take(16 << 20)
+                .read_to_end(&mut kept)
+                .map_err(io)?;
         }
-        if self
-            .digests
-            .insert(name.clone(), hex::encode(hash.finalize()))
-            .is_some()
-        {
+        let digest = sha256_reader(std::io::Cursor::new(&kept).chain(r)).map_err(io)?;
+        if self.digests.insert(name.clone(), digest.sha256).is_some() {
             return Err(EvidenceError::Format {
                 path: bundle.to_owned(),
                 reason: format!("{name} appears twice"),
@@ -388,15 +377,7 @@ mod tests {
             .unwrap();
         assert_eq!(n, 5);
         let pubf = dir.path().join("k.pub");
-        std::fs::write(
-            &pubf,
-            ed25519_dalek::pkcs8::EncodePublicKey::to_public_key_pem(
-                &key().verifying_key(),
-                ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF,
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        std::fs::write(&pubf, public_pem(&key().verifying_key())).unwrap();
         let trust = TrustStore::load(&pubf).unwrap();
         let v = verify(&path, &trust).unwrap();
         assert_eq!(v.files, 3);

@@ -149,13 +149,16 @@ pub fn write_keypair(
     }
     .to_pkcs8_pem(LineEnding::LF)
     .expect("an Ed25519 key always encodes");
-    let public_pem = key
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .expect("an Ed25519 key always encodes");
+    let public_pem = public_pem(&key.verifying_key());
     write_file(&paths.private, private_pem.as_bytes(), 0o600)?;
     write_file(&paths.public, public_pem.as_bytes(), 0o644)?;
     Ok(paths)
+}
+
+/// A public key as SPKI PEM, the form `PREFIX.pub` holds and trust stores read.
+pub fn public_pem(key: &VerifyingKey) -> String {
+    key.to_public_key_pem(LineEnding::LF)
+        .expect("an Ed25519 key always encodes")
 }
 
 fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {

@@ -76,8 +76,7 @@ impl ReportWriter {
         let r = &self.recorder.report;
         let mut results = Vec::new();
         if let Some(p) = &self.paths.json {
-            let text = serde_json::to_string_pretty(r).unwrap_or_default() + "\n";
-            results.push(write(p, text.as_bytes()));
+            results.push(write(p, json_text(r).as_bytes()));
         }
         if let Some(p) = &self.paths.html {
             results.push(write(p, page::render(r).as_bytes()));
@@ -122,7 +121,7 @@ pub fn mark_killed(paths: &ReportPaths, reason: &str) -> Vec<PathBuf> {
                 phase,
                 reason: reason.into(),
             });
-            let text = serde_json::to_string_pretty(&r).unwrap_or_default() + "\n";
+            let text = json_text(&r);
             if write(p, text.as_bytes()).is_ok() {
                 changed.push(p.to_owned());
             }
@@ -148,6 +147,11 @@ pub fn mark_killed(paths: &ReportPaths, reason: &str) -> Vec<PathBuf> {
         }
     }
     changed
+}
+
+/// The JSON report's text, as every writer of it writes it.
+pub fn json_text(r: &RunReport) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_default() + "\n"
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename), creating the folder.

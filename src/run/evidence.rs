@@ -1,6 +1,6 @@
 //! What a run puts in its signed evidence (the format is [`crate::evidence`]'s).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::evidence::{Evidence, EvidenceError};
 use crate::image::signature::default_signature_path;
@@ -51,7 +51,7 @@ fn flat_name(key: &str) -> String {
 /// logs) and nodegate's version.
 pub(super) fn gather(
     config: &RunConfig,
-    suites: &[(PathBuf, String)],
+    suites: &[crate::suite::SuiteDef],
     report: &RunReport,
 ) -> Result<Evidence, EvidenceError> {
     let mut e = Evidence::default();
@@ -77,14 +77,16 @@ pub(super) fn gather(
         }
     }
     e.add("profile.toml", config.profile.to_toml().into_bytes());
-    for (path, text) in suites {
+    for s in suites {
         e.add(
-            &format!("suites/{}", file_name(path, "suite.toml")),
-            text.clone().into_bytes(),
+            &format!("suites/{}", file_name(&s.path, "suite.toml")),
+            s.text.clone().into_bytes(),
         );
     }
-    let json = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
-    e.add("report/report.json", json.into_bytes());
+    e.add(
+        "report/report.json",
+        crate::report::json_text(report).into_bytes(),
+    );
     let xml = junit::to_xml(&junit::to_junit(report)).unwrap_or_default();
     e.add("report/junit.xml", xml.into_bytes());
     e.add("report/report.html", page::render(report).into_bytes());
@@ -100,10 +102,8 @@ pub(super) fn gather(
         add_file(&mut e, &format!("logs/{inside}"), path)?;
     }
     let exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| std::fs::read(p).ok())
-        .map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b)))
-        .unwrap_or_else(|| "unknown".into());
+        .and_then(|p| crate::image::digest::sha256_file(&p))
+        .map_or_else(|_| "unknown".into(), |d| d.sha256);
     let about = format!(
         "nodegate {}\nexecutable sha256 {exe}\nreport schema {}\n",
         env!("CARGO_PKG_VERSION"),

@@ -442,10 +442,6 @@ pub fn execute(
     // (a component this manifest does not list) does not block the others.
     let defs = select(defs, selection);
     let checks = runner::order(suite::plan(&defs, &vars)?);
-    let suite_files: Vec<(PathBuf, String)> = defs
-        .iter()
-        .map(|d| (d.path.clone(), d.text.clone()))
-        .collect();
     let disk = disk_and_boot(config, &verification, manifest.as_ref());
     if matches!(verification, Verification::Unsigned(_)) && disk.path.as_os_str().is_empty() {
         return Err(RunError::Usage(
@@ -543,7 +539,7 @@ pub fn execute(
         return Err(e.into());
     }
     if let Some(to) = &config.evidence {
-        let n = evidence::gather(config, &suite_files, &writer.recorder.report)?.write(to)?;
+        let n = evidence::gather(config, &defs, &writer.recorder.report)?.write(to)?;
         use std::io::Write as _;
         let _ = writeln!(
             std::io::stdout(),

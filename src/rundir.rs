@@ -222,6 +222,15 @@ fn size_of(path: &Path) -> u64 {
     }
 }
 
+/// Whether a folder changed in the last minute (or its age is unknown).
+fn young(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age < Duration::from_secs(60))
+}
+
 /// Finds run folders under `root` whose run is gone, cleans up after each (reports
 /// marked killed, recorded cluster objects deleted, the folder removed) and says what it
 /// did. Folders of live runs are left alone.
@@ -245,21 +254,15 @@ pub fn reap(root: &Path) -> Vec<Stale> {
         {
             // Held by a live run: leave it.
             Ok(f) => match lock(&f, false) {
+                // No record yet: a run between creating its lock file and taking the
+                // lock (it waits for ours), unless it died there long ago.
+                Ok(true) if !path.join(RECORD).exists() && young(&path) => continue,
                 Ok(true) => Some(f),
                 _ => continue,
             },
             // No lock file: a run that died while creating its folder, or not ours.
-            Err(_) => {
-                let young = fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_none_or(|age| age < Duration::from_secs(60));
-                if young {
-                    continue;
-                }
-                None
-            }
+            Err(_) if young(&path) => continue,
+            Err(_) => None,
         };
         let record: Record = fs::read(path.join(RECORD))
             .ok()
@@ -339,8 +342,14 @@ mod tests {
             ..Record::default()
         };
         fs::write(dead.join(RECORD), serde_json::to_vec(&rec).unwrap()).unwrap();
+        // A run that has made its lock file but not yet taken the lock or written its
+        // record: young, so left alone.
+        let starting = root.path().join("run-starting");
+        fs::create_dir(&starting).unwrap();
+        fs::write(starting.join(LOCK), b"").unwrap();
         let found = reap(root.path());
         assert_eq!(found.len(), 1, "{found:?}");
+        assert!(starting.exists(), "a starting run was reaped");
         assert_eq!(found[0].pid, 4242);
         assert!(found[0].bytes >= 4096);
         assert!(!dead.exists());

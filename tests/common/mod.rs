@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The absolute path of `rel` in this repository (suites, profiles, test data).
 pub mod browser;
 
 /// Skipped testcases of a JUnit report, counted per testsuite (the strict schema has no
@@ -17,6 +16,7 @@ pub fn junit_skipped(r: &quick_junit::Report) -> usize {
 }
 pub mod junit_rules;
 
+/// The absolute path of `rel` in this repository (suites, profiles, test data).
 pub fn repo(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(rel)
@@ -41,17 +41,35 @@ pub fn run(args: &[&str], dir: &Path) -> Run {
 }
 
 /// Runs nodegate with extra environment variables.
+///
+/// Unless `env` names one, each invocation gets its own `NODEGATE_STATE`: what other
+/// nodegate processes on the machine leave there (and the notices the sweep prints about
+/// them) stays out of the output under test. Whatever the exit, the run must have
+/// removed its private folder.
 pub fn run_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Run {
+    let state = tempfile::tempdir().expect("a state folder");
+    let mut cmd = nodegate();
+    if !env.iter().any(|(k, _)| *k == "NODEGATE_STATE") {
+        cmd.env("NODEGATE_STATE", state.path());
+    }
     let Output {
         status,
         stdout,
         stderr,
-    } = nodegate()
+    } = cmd
         .args(args)
         .envs(env.iter().copied())
         .current_dir(dir)
         .output()
         .expect("nodegate runs");
+    let left: Vec<_> = fs::read_dir(state.path())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "nodegate {args:?} left {left:?} in its state folder; stderr: {}",
+        String::from_utf8_lossy(&stderr)
+    );
     Run {
         code: status
             .code()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nodegate::cluster::{
     join, ClusterError, ControlPlane, ControlPlaneConfig, JoinConfig, JoinMethod, KubeconfigConfig,
-    LocalConfig, ProviderKind,
+    KubeletSettings, LocalConfig, ProviderKind,
 };
 use nodegate::vm::{AccelChoice, Boot, Vm, VmConfig};
 use nodegate::wait::{wait_until, Poll};
@@ -241,6 +241,27 @@ fn leave(
     assert!(out.success(), "kubeadm reset: {}{}", out.stdout, out.stderr);
 }
 
+/// Switches the test bed node's cgroup driver: containerd's `SystemdCgroup`, and the
+/// image's own kubelet pin (`KUBELET_EXTRA_ARGS`), removed for systemd so that the join's
+/// settings decide.
+fn cgroup_driver(ssh: &mut nodegate::ssh::SshSession, driver: &str) {
+    let (systemd, pin) = match driver {
+        "systemd" => ("true", ""),
+        _ => ("false", "--cgroup-driver=cgroupfs"),
+    };
+    let out = ssh
+        .exec(
+            &format!(
+                "sudo sed -i 's/SystemdCgroup = .*/SystemdCgroup = {systemd}/' /etc/containerd/config.toml \
+                 && sudo sed -i 's/^KUBELET_EXTRA_ARGS=.*/KUBELET_EXTRA_ARGS={pin}/' /etc/default/kubelet \
+                 && sudo systemctl restart containerd"
+            ),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    assert!(out.success(), "switching to {driver}: {}", out.stderr);
+}
+
 #[test]
 fn image_v1_joins_the_local_provider_then_the_kubeconfig_provider() {
     let layout = testbed_direct();
@@ -347,9 +368,18 @@ fn image_v1_joins_the_local_provider_then_the_kubeconfig_provider() {
         .unwrap()
         .expect("the token Secret");
     assert_eq!(secret["type"], "bootstrap.kubernetes.io/token");
+    // This time the node is an image of the systemd cgroup driver (containerd switched to
+    // SystemdCgroup, the image's own cgroupfs pin removed), while the cluster's shared
+    // kubelet-config says cgroupfs: the node's settings go with its join.
+    cgroup_driver(&mut ssh, "systemd");
     let mut jc = JoinConfig::new("node-v1b", kubeadm_for_the_test_bed());
     jc.budget = budget;
     jc.ca_pin = Some(cp.ca_hash.clone());
+    jc.kubelet = KubeletSettings {
+        cgroup_driver: Some("systemd".into()),
+        container_runtime_endpoint: Some("unix:///run/containerd/containerd.sock".into()),
+        resolv_conf: Some("/etc/resolv.conf".into()),
+    };
     let node =
         join(&kc, &token, &mut ssh, &jc).unwrap_or_else(|e| panic!("join (kubeconfig): {e}"));
     let t = node.timings;
@@ -358,6 +388,25 @@ fn image_v1_joins_the_local_provider_then_the_kubeconfig_provider() {
         t.join_command, t.register, t.ready
     );
     assert!(t.ready <= budget);
+    let out = ssh
+        .exec(
+            "cat /var/lib/kubelet/kubeadm-flags.env; systemctl is-active kubepods.slice",
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .stdout;
+    for flag in [
+        "--cgroup-driver=systemd",
+        "--container-runtime-endpoint=unix:///run/containerd/containerd.sock",
+        "--resolv-conf=/etc/resolv.conf",
+    ] {
+        assert!(out.contains(flag), "{flag} missing: {out}");
+    }
+    assert!(
+        out.trim_end().ends_with("\nactive"),
+        "the kubelet does not run its pods under systemd slices: {out}"
+    );
+    cgroup_driver(&mut ssh, "cgroupfs");
     leave(&cp, &mut ssh, node, token);
 
     // The script method: a vendor script that reads nodegate's environment.
@@ -447,6 +496,7 @@ fn image_v1_joins_the_local_provider_then_the_kubeconfig_provider() {
         "node-v1d",
         JoinMethod::BootstrapKubeconfig {
             path: "/etc/kubernetes/bootstrap-kubelet.conf".into(),
+            unit: "kubelet.service".into(),
         },
     );
     jc.budget = budget;

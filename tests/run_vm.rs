@@ -1360,14 +1360,6 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
             &common::repo("suites"),
             "--skip-tag",
             "node",
-            "--skip",
-            "agent::heartbeats",
-            "--skip",
-            "agent::survives",
-            "--skip",
-            "agent::reconnects",
-            "--skip",
-            "agent::local_state_agrees",
         ]
         .map(String::from),
     );
@@ -1396,6 +1388,26 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
         "kubelet::sysctls",
     ] {
         assert_eq!(status(id), "failed", "{id} must catch the fault");
+    }
+    // What relies on the registration fails at once naming it, instead of waiting out
+    // its own budget; what cannot run here at all stays not run with its reason.
+    for id in [
+        "agent::heartbeats_at_interval",
+        "agent::survives_link_cut",
+        "agent::reconnects_after_endpoint_restart",
+        "agent::local_state_agrees",
+    ] {
+        let c = check_in(&json, "id", id);
+        assert_eq!(c["status"], "failed", "{id}: {c}");
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("not tried: it requires agent::registers, which failed: "),
+            "{id}: {message}"
+        );
+        assert!(
+            c["duration_secs"].as_f64().is_some_and(|d| d < 1.0),
+            "{id} waited: {c}"
+        );
     }
     // The altered runc no longer has the manifest's digest: its version is not believed.
     let runc = check_in(&json, "id", "containerd::runc_version");
@@ -1429,4 +1441,52 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
     let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
     common::junit_rules::assert_strict("a run whose checks caught injected faults", &xml);
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+}
+
+/// The agent provisioned the other ways providers do it (profile `[agent] provision`):
+/// through the first-boot seed (cloud-init writes the config before the agent starts),
+/// and written over SSH followed by a restart of the agent's unit. Each registers and
+/// heartbeats; the transcript says how it was configured.
+#[test]
+fn the_agent_registers_when_provisioned_through_the_seed_or_by_a_restart() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let fixture = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
+    for (mode, says) in [
+        ("seed", "was written by the first-boot seed"),
+        ("write-restart", "restart nodegate-agent.service"),
+    ] {
+        let o = out();
+        let profile = fixture.replace("\n[agent]\n", &format!("\n[agent]\nprovision = \"{mode}\"\n"));
+        assert_ne!(profile, fixture, "the fixture profile has no [agent] table");
+        std::fs::write(o.path("profile.toml"), profile).unwrap();
+        let mut args = o.args();
+        let at = args.iter().position(|a| a == "--profile").unwrap() + 1;
+        args[at] = o.path("profile.toml").display().to_string();
+        args.extend(
+            [
+                "--suites",
+                &common::repo("suites/agent.toml"),
+                "--tag",
+                "connectivity",
+                "--skip-tag",
+                "fault",
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = common::run(&args, o.dir.path());
+        assert_eq!(r.code, 0, "{mode}: {}{}", r.stdout, r.stderr);
+        let json = o.json();
+        for id in [
+            "agent::registers",
+            "agent::heartbeats_at_interval",
+            "agent::local_state_agrees",
+        ] {
+            assert_eq!(check_in(&json, "id", id)["status"], "passed", "{mode}: {id}");
+        }
+        let registers = check_in(&json, "id", "agent::registers");
+        let transcript = registers["attempts"][0]["output"].as_str().unwrap();
+        assert!(transcript.contains(says), "{mode}: {transcript}");
+        assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    }
 }

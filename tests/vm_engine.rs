@@ -139,6 +139,33 @@ fn direct_kernel_boot_ssh_exec_upload_qmp_and_teardown() {
         "machine-id generated: {}",
         out.stdout
     );
+    // The seed is valid for the guest's cloud-init, and the node's name resolves in the
+    // guest without DNS (so sudo does not wait for a lookup).
+    let out = ssh
+        .exec(
+            "sudo cloud-init schema --system; echo status=$?; getent hosts direct; \
+             grep -c 'Invalid cloud-config' /var/log/cloud-init.log",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        out.stdout.contains("status=0\n"),
+        "cloud-init refuses nodegate's seed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("direct")),
+        "the node's name does not resolve in the guest: {}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.trim_end().ends_with("\n0"),
+        "cloud-init logged an invalid cloud-config: {}",
+        out.stdout
+    );
     // exec deadline.
     let err = ssh
         .exec("sleep 30", Duration::from_secs(2))

@@ -27,11 +27,13 @@ pub enum JoinMethod {
         /// e.g. `FileExisting-crictl` on an image without crictl.
         ignore_preflight_errors: Vec<String>,
     },
-    /// Write a bootstrap kubeconfig to `path` and restart kubelet (the kubelet is
-    /// preconfigured in the image; the node name is the guest's hostname).
+    /// Write a bootstrap kubeconfig to `path` and restart the kubelet's `unit` (the
+    /// kubelet is preconfigured in the image; the node name is the guest's hostname).
     BootstrapKubeconfig {
         /// Where the kubelet reads its bootstrap kubeconfig.
         path: String,
+        /// The kubelet's systemd unit (the profile's `services.kubelet`).
+        unit: String,
     },
     /// Run a vendor script with `NODEGATE_API_SERVER`, `NODEGATE_TOKEN`,
     /// `NODEGATE_CA_CERT_HASH`, `NODEGATE_CA_FILE` and `NODEGATE_NODE_NAME` in its
@@ -80,6 +82,41 @@ pub struct JoinConfig {
     /// The kubeadm version on the node (`v1.20.2`), which decides the JoinConfiguration
     /// API version; `None`: v1beta2, which kubeadm 1.15 to 1.25 read.
     pub kubeadm_version: Option<String>,
+    /// What this node's kubelet must be told to match its image (its profile's
+    /// `[kubelet]`), whatever the cluster's shared kubelet configuration says.
+    pub kubelet: KubeletSettings,
+}
+
+/// Kubelet settings that belong to the node's image, not to the cluster: given to the
+/// node's kubelet as flags when it joins (kubeadm's `kubeletExtraArgs`, which override
+/// the cluster's kubelet-config ConfigMap; `NODEGATE_KUBELET_*` for a join script). A
+/// pool that mixes images mixes these. Values were validated by the profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeletSettings {
+    /// `cgroupfs` or `systemd`: must match the image's container runtime.
+    pub cgroup_driver: Option<String>,
+    /// The CRI socket (`unix:///run/containerd/containerd.sock`).
+    pub container_runtime_endpoint: Option<String>,
+    /// The resolv.conf the kubelet gives pods (`/run/systemd/resolve/resolv.conf` on
+    /// an image with systemd-resolved).
+    pub resolv_conf: Option<String>,
+}
+
+impl KubeletSettings {
+    /// The settings as kubelet flags: (flag name, value), in a fixed order.
+    pub fn flags(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("cgroup-driver", &self.cgroup_driver),
+            (
+                "container-runtime-endpoint",
+                &self.container_runtime_endpoint,
+            ),
+            ("resolv-conf", &self.resolv_conf),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
 }
 
 impl JoinConfig {
@@ -93,6 +130,7 @@ impl JoinConfig {
             endpoint: None,
             reach_timeout: Duration::from_secs(60),
             signed_timeout: Duration::from_secs(120),
+            kubelet: KubeletSettings::default(),
             kubeadm_version: None,
         }
     }
@@ -182,13 +220,24 @@ pub fn kubeadm_join_config(
     pin: &str,
     node: &str,
     ignore_preflight_errors: &[String],
+    kubelet: &KubeletSettings,
 ) -> String {
     let ignored: Vec<String> = ignore_preflight_errors
         .iter()
         .map(|e| yaml_str(e))
         .collect();
+    let flags = kubelet.flags();
+    let extra = if flags.is_empty() {
+        String::new()
+    } else {
+        let args: Vec<String> = flags
+            .iter()
+            .map(|(k, v)| format!("{}: {}", yaml_str(k), yaml_str(v)))
+            .collect();
+        format!("  kubeletExtraArgs: {{{}}}\n", args.join(", "))
+    };
     format!(
-        "apiVersion: {api}\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {}\n    token: {}\n    caCertHashes: [{}]\nnodeRegistration:\n  name: {}\n  ignorePreflightErrors: [{}]\n",
+        "apiVersion: {api}\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {}\n    token: {}\n    caCertHashes: [{}]\nnodeRegistration:\n  name: {}\n  ignorePreflightErrors: [{}]\n{extra}",
         yaml_str(endpoint),
         yaml_str(token),
         yaml_str(pin),
@@ -198,17 +247,30 @@ pub fn kubeadm_join_config(
 }
 
 /// A join script's environment file: `NAME='value'` lines for `sh`'s `.`.
-pub fn script_env(endpoint: &str, token: &str, pin: &str, node: &str) -> String {
-    [
-        ("NODEGATE_API_SERVER", format!("https://{endpoint}")),
-        ("NODEGATE_TOKEN", token.to_string()),
-        ("NODEGATE_CA_CERT_HASH", pin.to_string()),
-        ("NODEGATE_CA_FILE", CA_UPLOAD.to_string()),
-        ("NODEGATE_NODE_NAME", node.to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}\n", quote(v)))
-    .collect()
+pub fn script_env(
+    endpoint: &str,
+    token: &str,
+    pin: &str,
+    node: &str,
+    kubelet: &KubeletSettings,
+) -> String {
+    let mut vars = vec![
+        (
+            "NODEGATE_API_SERVER".to_string(),
+            format!("https://{endpoint}"),
+        ),
+        ("NODEGATE_TOKEN".into(), token.to_string()),
+        ("NODEGATE_CA_CERT_HASH".into(), pin.to_string()),
+        ("NODEGATE_CA_FILE".into(), CA_UPLOAD.to_string()),
+        ("NODEGATE_NODE_NAME".into(), node.to_string()),
+    ];
+    for (flag, value) in kubelet.flags() {
+        let name = format!("NODEGATE_KUBELET_{}", flag.replace('-', "_").to_uppercase());
+        vars.push((name, value.to_string()));
+    }
+    vars.iter()
+        .map(|(k, v)| format!("{k}={}\n", quote(v)))
+        .collect()
 }
 
 /// The shell command that joins the node with `method`, once its files are uploaded:
@@ -218,9 +280,10 @@ pub fn node_command(method: &JoinMethod) -> String {
         JoinMethod::Kubeadm { .. } => format!(
             "sudo kubeadm join --config {KUBEADM_UPLOAD}; s=$?; rm -f {KUBEADM_UPLOAD}; exit $s"
         ),
-        JoinMethod::BootstrapKubeconfig { path } => format!(
-            "sudo install -D -m 0600 {BOOTSTRAP_UPLOAD} {} && rm -f {BOOTSTRAP_UPLOAD} && sudo systemctl restart kubelet",
-            quote(path)
+        JoinMethod::BootstrapKubeconfig { path, unit } => format!(
+            "sudo install -D -m 0600 {BOOTSTRAP_UPLOAD} {} && rm -f {BOOTSTRAP_UPLOAD} && sudo systemctl restart {}",
+            quote(path),
+            quote(unit)
         ),
         JoinMethod::Script { path } => format!(
             "sudo sh -c 'set -a; . {ENV_UPLOAD}; set +a; rm -f {ENV_UPLOAD}; exec \"$0\"' {}",
@@ -426,8 +489,15 @@ pub fn join(
             ignore_preflight_errors,
         } => {
             let api = kubeadm_api(config.kubeadm_version.as_deref());
-            let yaml =
-                kubeadm_join_config(api, &endpoint, &tok, &pin, node, ignore_preflight_errors);
+            let yaml = kubeadm_join_config(
+                api,
+                &endpoint,
+                &tok,
+                &pin,
+                node,
+                ignore_preflight_errors,
+                &config.kubelet,
+            );
             ssh.upload_bytes(yaml.as_bytes(), KUBEADM_UPLOAD, 0o600)?
         }
         JoinMethod::BootstrapKubeconfig { .. } => {
@@ -436,7 +506,7 @@ pub fn join(
         }
         JoinMethod::Script { .. } => {
             ssh.upload_bytes(cp.ca_pem.as_bytes(), CA_UPLOAD, 0o644)?;
-            let env = script_env(&endpoint, &tok, &pin, node);
+            let env = script_env(&endpoint, &tok, &pin, node, &config.kubelet);
             ssh.upload_bytes(env.as_bytes(), ENV_UPLOAD, 0o600)?
         }
     }
@@ -521,6 +591,7 @@ mod tests {
             JoinMethod::kubeadm(),
             JoinMethod::BootstrapKubeconfig {
                 path: "/etc/kubernetes/bootstrap-kubelet.conf".into(),
+                unit: "kubelet.service".into(),
             },
             JoinMethod::Script {
                 path: "/opt/vendor/join.sh".into(),
@@ -540,6 +611,7 @@ mod tests {
             &pin,
             "n1",
             &["FileExisting-crictl".into()],
+            &KubeletSettings::default(),
         );
         assert!(
             y.starts_with("apiVersion: kubeadm.k8s.io/v1beta2\nkind: JoinConfiguration\n"),
@@ -553,9 +625,24 @@ mod tests {
             y.contains("  ignorePreflightErrors: [\"FileExisting-crictl\"]\n"),
             "{y}"
         );
+        assert!(!y.contains("kubeletExtraArgs"), "{y}");
+        let kubelet = KubeletSettings {
+            cgroup_driver: Some("systemd".into()),
+            container_runtime_endpoint: None,
+            resolv_conf: Some("/run/systemd/resolve/resolv.conf".into()),
+        };
+        let y = kubeadm_join_config("v", "e:1", token, &pin, "n1", &[], &kubelet);
+        assert!(
+            y.ends_with("  kubeletExtraArgs: {\"cgroup-driver\": \"systemd\", \"resolv-conf\": \"/run/systemd/resolve/resolv.conf\"}\n"),
+            "{y}"
+        );
         assert_eq!(kubeadm_api(Some("v1.29.0")), "kubeadm.k8s.io/v1beta3");
-        let env = script_env("10.0.2.100:6443", token, &pin, "it's");
+        let env = script_env("10.0.2.100:6443", token, &pin, "it's", &kubelet);
         assert!(env.contains("NODEGATE_NODE_NAME='it'\\''s'\n"), "{env}");
+        assert!(
+            env.ends_with("NODEGATE_KUBELET_CGROUP_DRIVER='systemd'\nNODEGATE_KUBELET_RESOLV_CONF='/run/systemd/resolve/resolv.conf'\n"),
+            "{env}"
+        );
         assert!(node_command(&JoinMethod::Script {
             path: "/opt/j.sh".into()
         })

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use ca_hash::ca_cert_hash;
-pub use join::{join, ready_condition, JoinConfig, JoinMethod, JoinTimings, JoinedNode};
+pub use join::{
+    join, ready_condition, JoinConfig, JoinMethod, JoinTimings, JoinedNode, KubeletSettings,
+};
 pub use kind::KindConfig;
 pub use kubeconfig::KubeconfigConfig;
 pub use kubectl::Kubectl;

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use values::{FileName, GuestPath, HttpUrl, UnitName, UrlPath, UserName, UserNetAddr, Word};
+pub use values::{
+    CriEndpoint, FileName, GuestPath, HttpUrl, UnitName, UrlPath, UserName, UserNetAddr, Word,
+};
 
 use crate::config_file::{self, ConfigError};
 
@@ -34,6 +36,9 @@ pub struct Profile {
     /// How the node joins a control plane.
     #[serde(default)]
     pub join: JoinProfile,
+    /// What the node's kubelet must be told to match the image, given at the join.
+    #[serde(default)]
+    pub kubelet: KubeletProfile,
     /// systemd unit names of the components.
     #[serde(default)]
     pub services: Services,
@@ -130,6 +135,54 @@ impl Default for JoinProfile {
     }
 }
 
+/// Kubelet settings that must match the image (its container runtime, its resolver),
+/// given to the node's kubelet when it joins, over the cluster's shared configuration.
+/// Unset: the node keeps what its image and the cluster configure.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeletProfile {
+    /// `cgroupfs` or `systemd` (the image's containerd `SystemdCgroup`).
+    pub cgroup_driver: Option<CgroupDriver>,
+    /// The CRI socket, `unix:///...`.
+    pub container_runtime_endpoint: Option<CriEndpoint>,
+    /// The resolv.conf the kubelet gives pods.
+    pub resolv_conf: Option<GuestPath>,
+}
+
+impl KubeletProfile {
+    /// The settings for the join.
+    pub fn settings(&self) -> crate::cluster::KubeletSettings {
+        crate::cluster::KubeletSettings {
+            cgroup_driver: self.cgroup_driver.map(|d| d.as_str().to_string()),
+            container_runtime_endpoint: self
+                .container_runtime_endpoint
+                .as_ref()
+                .map(|e| e.to_string()),
+            resolv_conf: self.resolv_conf.as_ref().map(|p| p.to_string()),
+        }
+    }
+}
+
+/// The kubelet's cgroup drivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CgroupDriver {
+    /// cgroupfs.
+    Cgroupfs,
+    /// systemd.
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// Its name, as the kubelet spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
 /// Join methods by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -185,6 +238,8 @@ pub struct AgentProfile {
     /// The promised heartbeat interval.
     #[serde(with = "duration_serde")]
     pub heartbeat_interval: Duration,
+    /// How the agent gets its config.
+    pub provision: AgentProvision,
     /// Where the agent reads its config in the guest.
     pub config_path: GuestPath,
     /// The config file's content; `@ENDPOINT@`, `@TOKEN@` and `@NODE_NAME@` are replaced.
@@ -204,11 +259,37 @@ impl Default for AgentProfile {
             heartbeat_path: UrlPath::known("/v1/heartbeat"),
             identity_field: Word::known("node_name"),
             heartbeat_interval: Duration::from_secs(5),
+            provision: AgentProvision::Write,
             config_path: GuestPath::known("/etc/nodegate-agent/config.json"),
             config: "{\"endpoint\": \"@ENDPOINT@\", \"token\": \"@TOKEN@\", \"node_name\": \"@NODE_NAME@\"}\n".into(),
             state_url: HttpUrl::known("http://127.0.0.1:9101/state"),
         }
     }
+}
+
+impl AgentProfile {
+    /// The agent's config for node `node`: `config` with its placeholders replaced.
+    pub fn render_config(&self, node: &str) -> String {
+        let endpoint = format!("http://{}:{}", self.guest_addr, self.guest_port);
+        self.config
+            .replace("@ENDPOINT@", &endpoint)
+            .replace("@TOKEN@", &self.token)
+            .replace("@NODE_NAME@", node)
+    }
+}
+
+/// How the agent gets its configuration, the ways providers hand it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentProvision {
+    /// Written over SSH when the first agent check runs (an agent that watches its file).
+    Write,
+    /// Written over SSH, then the agent's unit restarted (an agent that reads its config
+    /// only at start).
+    WriteRestart,
+    /// Written by the first-boot seed before the agent starts (a cloud's metadata
+    /// service; also an agent whose unit waits for the file to exist).
+    Seed,
 }
 
 /// How the image applies a hot upgrade bundle (`--upgrade-bundle`).
@@ -326,6 +407,14 @@ impl Profile {
         if self.join.method != JoinMethodName::Kubeadm && self.join.path.is_none() {
             return Err("[join] `path` is required for this join method".into());
         }
+        if self
+            .kubelet
+            .resolv_conf
+            .as_ref()
+            .is_some_and(|p| p.contains(' '))
+        {
+            return Err("[kubelet] `resolv_conf`: a kubelet flag value takes no spaces".into());
+        }
         if !(1..=64).contains(&self.vm.vcpus) {
             return Err(format!("[vm] `vcpus` = {}: 1 to 64", self.vm.vcpus));
         }
@@ -437,6 +526,35 @@ mod tests {
         let vars = prof.variables();
         assert_eq!(vars["profile.services.kubelet"], "kubelet.service");
         assert_eq!(vars["profile.budgets.join"], "10m");
+    }
+
+    #[test]
+    fn kubelet_settings_are_typed_and_reach_the_join() {
+        let (_d, p) = write(
+            "name = \"x\"\n[kubelet]\ncgroup_driver = \"systemd\"\n\
+             container_runtime_endpoint = \"unix:///run/containerd/containerd.sock\"\n",
+        );
+        let prof = Profile::load(&p).unwrap();
+        let k = prof.kubelet.settings();
+        assert_eq!(k.cgroup_driver.as_deref(), Some("systemd"));
+        assert_eq!(k.resolv_conf, None);
+        assert_eq!(prof.variables()["profile.kubelet.cgroup_driver"], "systemd");
+        for (bad, says) in [
+            ("cgroup_driver = \"cgroup\"", "unknown variant `cgroup`"),
+            (
+                "container_runtime_endpoint = \"/run/c.sock\"",
+                "is not unix:///PATH",
+            ),
+            (
+                "container_runtime_endpoint = \"unix:///run/c.sock --v=9\"",
+                "spaces",
+            ),
+            ("resolv_conf = \"/etc/r c\"", "takes no spaces"),
+        ] {
+            let (_d, p) = write(&format!("name = \"x\"\n[kubelet]\n{bad}\n"));
+            let e = Profile::load(&p).unwrap_err().to_string();
+            assert!(e.contains("p.toml") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

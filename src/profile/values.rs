@@ -135,6 +135,20 @@ checked_string!(
 );
 
 checked_string!(
+    /// A CRI endpoint: `unix://` and an absolute guest path.
+    CriEndpoint,
+    |s| {
+        let path = s.strip_prefix("unix://").ok_or_else(|| {
+            format!("CRI endpoint {s:?} is not unix:///PATH")
+        })?;
+        if s.contains(' ') {
+            return Err(format!("CRI endpoint {s:?}: spaces are not allowed"));
+        }
+        GuestPath::try_from(path).map(|_| ())
+    }
+);
+
+checked_string!(
     /// A file name (one path component): printable, no `/`, not `.` or `..`.
     FileName,
     |s| {

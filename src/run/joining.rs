@@ -37,11 +37,15 @@ impl NodeEnvironment<'_> {
                     .map(|w| w.to_string())
                     .collect(),
             },
-            JoinMethodName::BootstrapKubeconfig => JoinMethod::BootstrapKubeconfig { path },
+            JoinMethodName::BootstrapKubeconfig => JoinMethod::BootstrapKubeconfig {
+                path,
+                unit: p.services.kubelet.to_string(),
+            },
             JoinMethodName::Script => JoinMethod::Script { path },
         };
         let mut jc = JoinConfig::new(&m.name, method);
         jc.budget = p.budgets.join;
+        jc.kubelet = p.kubelet.settings();
         jc.kubeadm_version = self.verification.manifest().and_then(|mf| {
             mf.components
                 .get("kubeadm")

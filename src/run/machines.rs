@@ -8,10 +8,12 @@ use std::time::Instant;
 use crate::agent_endpoint::{AgentEndpoint, EndpointConfig};
 use crate::cluster::{BootstrapToken, JoinedNode};
 use crate::network::NodeLink;
+use crate::profile::AgentProvision;
 use crate::runner::{Event, Phase, Stop, StopKind};
 use crate::ssh::SshSession;
 use crate::suite::Verification;
 use crate::vm::disk;
+use crate::vm::seed::SeedFile;
 use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 
 use super::artifacts;
@@ -225,6 +227,13 @@ impl NodeEnvironment<'_> {
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
         let a = &p.agent;
+        if a.provision == AgentProvision::Seed {
+            vc.seed_files.push(SeedFile {
+                path: a.config_path.to_string(),
+                content: a.render_config(&name).into_bytes(),
+                mode: 0o600,
+            });
+        }
         let endpoint_config = EndpointConfig {
             register_path: a.register_path.to_string(),
             heartbeat_path: a.heartbeat_path.to_string(),

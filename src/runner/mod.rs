@@ -4,6 +4,7 @@
 pub mod event;
 pub mod select;
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Instant, SystemTime};
 
@@ -132,6 +133,8 @@ pub fn run(
     });
     let mut stop: Option<Stop> = None;
     let mut failed = 0;
+    // Checks failed so far, with their failure's first line, for `requires`.
+    let mut failures: HashMap<String, String> = HashMap::new();
     for (i, (c, v)) in checks.iter().zip(&verdicts).enumerate() {
         match v {
             Verdict::Out => continue,
@@ -163,7 +166,7 @@ pub fn run(
             emit(Event::CheckFinished(Box::new(rec)));
             continue;
         }
-        let (mut rec, stop_now) = run_one(c, options, env, emit);
+        let (mut rec, stop_now) = run_one(c, options, env, emit, &failures);
         if let Some(s) = stop_now.as_ref().filter(|s| s.is_image_fault()) {
             let judged_later = checks[i + 1..]
                 .iter()
@@ -174,6 +177,9 @@ pub fn run(
             }
         }
         let status = rec.status;
+        if status == Status::Failed {
+            failures.insert(c.id(), first_failure(&rec));
+        }
         emit(Event::CheckFinished(Box::new(rec)));
         if stop_now.is_some() {
             failed += usize::from(status == Status::Failed);
@@ -192,17 +198,53 @@ pub fn run(
     (exit_code(stop.as_ref(), failed), stop)
 }
 
-/// Runs one check with its retries; the stop is set when the environment could not be
+/// The first line of a failed record's last failure.
+fn first_failure(rec: &CheckRecord) -> String {
+    rec.attempts
+        .iter()
+        .rev()
+        .find_map(|a| a.failure.as_ref())
+        .map(|f| f.message.lines().next().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// The failed record of `c` when a check it requires has failed (it is not tried: it
+/// would only wait out its budget for what the failed check already showed missing).
+fn requirement_failed(c: &Check, failures: &HashMap<String, String>) -> Option<CheckRecord> {
+    let (id, why) = c
+        .requires
+        .iter()
+        .find_map(|r| failures.get(r).map(|why| (r, why)))?;
+    let mut rec = record(c, Status::Failed, None);
+    rec.started = Some(SystemTime::now());
+    rec.attempts.push(AttemptRecord {
+        duration: std::time::Duration::ZERO,
+        failure: Some(Failure::new(format!(
+            "not tried: it requires {id}, which failed: {why}"
+        ))),
+        transcript: String::new(),
+        node: None,
+    });
+    Some(rec)
+}
+
+/// Runs one check with its retries (not at all when the environment cannot hold it or a
+/// check it requires has failed); the stop is set when the environment could not be
 /// prepared or a signal arrived.
 fn run_one(
     c: &Check,
     options: RunOptions,
     env: &mut dyn Environment,
     emit: &mut dyn FnMut(Event),
+    failures: &HashMap<String, String>,
 ) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| (stopped(c, &s, false), Some(s));
     if let Some(reason) = env.unavailable(c) {
         return (record(c, Status::NotRun, Some(reason)), None);
+    }
+    if let Some(rec) = requirement_failed(c, failures) {
+        emit(Event::CheckStarted { id: c.id() });
+        return (rec, None);
     }
     let mut rec = record(c, Status::Failed, None);
     if let Some(failure) = env.decided(c) {

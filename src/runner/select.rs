@@ -122,6 +122,7 @@ mod tests {
             destructive: false,
             ignore: ignore.then(|| "slow".to_string()),
             need: Need::Guest,
+            requires: Vec::new(),
             kind: CheckKind::Builtin(Builtin {
                 name: "guest-files".into(),
                 params: Default::default(),

@@ -17,6 +17,7 @@ fn check(name: &str, need: Need, destructive: bool) -> Check {
         destructive,
         ignore: None,
         need,
+        requires: Vec::new(),
         kind: CheckKind::Builtin(Builtin {
             name: "guest-files".into(),
             params: Default::default(),
@@ -35,6 +36,7 @@ struct Scripted {
     panic_on: Option<String>,
     decided: Option<String>,
     unavailable: Option<String>,
+    ran: Vec<String>,
 }
 
 impl Environment for Scripted {
@@ -58,6 +60,7 @@ impl Environment for Scripted {
         self.released += 1;
     }
     fn run(&mut self, c: &Check, _: &mut Attempt) -> Result<(), Failure> {
+        self.ran.push(c.id());
         if self.panic_on.as_deref() == Some(c.name.as_str()) {
             panic!("boom");
         }
@@ -108,6 +111,44 @@ fn a_pass_after_a_failure_is_flaky_not_passed() {
     assert_eq!(r[0].status, Status::Flaky);
     assert_eq!(r[0].attempts.len(), 2);
     assert_eq!(r[0].failure().unwrap().message, "first");
+}
+
+#[test]
+fn a_check_whose_requirement_failed_fails_at_once_naming_it_and_others_run() {
+    let mut b = check("b", Need::Guest, false);
+    b.requires = vec!["s::a".into()];
+    let mut c = check("c", Need::Guest, false);
+    c.requires = vec!["s::b".into()];
+    let mut d = check("d", Need::Guest, false);
+    d.requires = vec!["s::e".into()];
+    let checks = vec![
+        check("a", Need::Guest, false),
+        b,
+        c,
+        d,
+        check("e", Need::Guest, false),
+    ];
+    let mut env = Scripted::default();
+    env.results
+        .insert("s::a".into(), vec![fail("never registered\nsecond line")]);
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::CHECKS_FAILED);
+    let status: Vec<Status> = r.iter().map(|r| r.status).collect();
+    use Status::*;
+    assert_eq!(status, vec![Failed, Failed, Failed, Passed, Passed]);
+    assert_eq!(
+        r[1].failure().unwrap().message,
+        "not tried: it requires s::a, which failed: never registered"
+    );
+    assert_eq!(
+        r[2].failure().unwrap().message,
+        "not tried: it requires s::b, which failed: not tried: it requires s::a, which failed: never registered"
+    );
+    assert_eq!(
+        env.ran,
+        vec!["s::a", "s::d", "s::e"],
+        "b and c were not tried; d ran (e had not failed before it)"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::builtin::Builtin;
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
 use crate::agent_endpoint::Received;
 use crate::network::Impairment;
-use crate::profile::Profile;
+use crate::profile::{AgentProvision, Profile};
 use crate::timeline::{Mark, MarkKind};
 use crate::vm::qemu::NIC_ID;
 
@@ -25,18 +25,22 @@ fn accepted<'r>(
         .collect()
 }
 
-/// Points the agent at the endpoint (once): writes its config file in the guest.
+/// Points the agent at the endpoint (once), as the profile's `provision` says: the seed
+/// did it at boot, or its config file is written in the guest (and its unit restarted).
 fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     let a = &profile.agent;
     if !accepted(&g.endpoint.requests(), profile, g.name, &a.register_path).is_empty() {
         return Ok(());
     }
     let endpoint = format!("http://{}:{}", a.guest_addr, a.guest_port);
-    let text = a
-        .config
-        .replace("@ENDPOINT@", &endpoint)
-        .replace("@TOKEN@", &a.token)
-        .replace("@NODE_NAME@", g.name);
+    if a.provision == AgentProvision::Seed {
+        attempt.note(format!(
+            "{} was written by the first-boot seed, pointing at {endpoint}",
+            a.config_path
+        ));
+        return Ok(());
+    }
+    let text = a.render_config(g.name);
     let tmp = "/tmp/nodegate-agent-config";
     attempt.note(format!("write {} pointing at {endpoint}", a.config_path));
     g.ssh
@@ -55,6 +59,17 @@ fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Res
             a.config_path,
             o.stderr.trim()
         )));
+    }
+    if a.provision == AgentProvision::WriteRestart {
+        let unit = &profile.services.agent;
+        attempt.note(format!("restart {unit}: the agent reads its config at start"));
+        let o = attempt.exec_root(g.ssh, &format!("systemctl restart {}", shell_quote(unit)))?;
+        if o.status != 0 {
+            return Err(Failure::new(format!(
+                "cannot restart {unit}: {}",
+                o.stderr.trim()
+            )));
+        }
     }
     Ok(())
 }

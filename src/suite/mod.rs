@@ -87,6 +87,11 @@ pub struct CheckDef {
     /// What the check needs beyond its kind's own need: `guest` or `node` (joined).
     #[serde(default)]
     pub needs: Option<NeedName>,
+    /// Checks this one relies on (`name` earlier in this suite, or `suite::name`): when
+    /// one of them has failed in this run, this check fails at once naming it instead of
+    /// waiting out its own budget.
+    #[serde(default)]
+    pub requires: Vec<String>,
     /// Whether `run` runs as root.
     #[serde(default = "yes")]
     pub sudo: bool,
@@ -183,6 +188,25 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<SuiteDef>, ConfigError> {
         }
         suites.push(s);
     }
+    for s in &suites {
+        for c in &s.checks {
+            for id in required_ids(&s.name, c) {
+                let (suite, name) = id.split_once("::").expect("an id");
+                let known = suites
+                    .iter()
+                    .any(|o| o.name == suite && o.checks.iter().any(|k| k.name == name));
+                if !known {
+                    return Err(invalid(
+                        &s.path,
+                        format!(
+                            "check `{}`: requires `{id}`, which no loaded suite defines",
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     Ok(suites)
 }
 
@@ -206,6 +230,46 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// A `requires` entry of check `c`: a check defined before it in its suite, or a
+/// `suite::name` of another suite (checked once every suite is loaded).
+fn check_requirement(s: &SuiteDef, c: &CheckDef, r: &str) -> Result<(), String> {
+    match r.split_once("::") {
+        Some((suite, name)) if valid_name(suite) && valid_name(name) => {
+            if suite == s.name {
+                return Err(format!(
+                    "requires `{r}`: name a check of this suite without `{suite}::`"
+                ));
+            }
+            Ok(())
+        }
+        None if valid_name(r) => {
+            let before = s.checks.iter().take_while(|o| o.name != c.name);
+            if before.clone().any(|o| o.name == r) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "requires `{r}`, which is not a check defined before it in this suite"
+                ))
+            }
+        }
+        _ => Err(format!(
+            "requires `{}`: expected `name` or `suite::name`",
+            crate::message::one_line(r)
+        )),
+    }
+}
+
+/// The `suite::name` ids a check of suite `suite` requires.
+pub fn required_ids(suite: &str, c: &CheckDef) -> Vec<String> {
+    c.requires
+        .iter()
+        .map(|r| match r.contains("::") {
+            true => r.clone(),
+            false => format!("{suite}::{r}"),
+        })
+        .collect()
 }
 
 fn validate(s: &SuiteDef) -> Result<(), ConfigError> {
@@ -241,6 +305,9 @@ fn validate(s: &SuiteDef) -> Result<(), ConfigError> {
         }
         if c.timeout.is_zero() {
             return Err(at("timeout must be more than zero".into()));
+        }
+        for r in &c.requires {
+            check_requirement(s, c, r).map_err(at)?;
         }
         match (&c.builtin, &c.run) {
             (Some(_), Some(_)) => return Err(at("has both `builtin` and `run`".into())),
@@ -303,6 +370,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("check `a`: defined twice"), "{e}");
+    }
+
+    #[test]
+    fn requires_names_an_earlier_check_or_a_loaded_suite() {
+        let two = |req: &str| {
+            format!(
+                "name = \"s\"\n[[check]]\nname = \"a\"\ndescription = \"d\"\nrun = \"true\"\n\
+                 [[check]]\nname = \"b\"\ndescription = \"d\"\nrun = \"true\"\nrequires = [{req}]\n"
+            )
+        };
+        let s = load_text(&two("\"a\"")).unwrap();
+        assert_eq!(required_ids("s", &s[0].checks[1]), vec!["s::a"]);
+        for (req, says) in [
+            (
+                "\"b\"",
+                "check `b`: requires `b`, which is not a check defined before it",
+            ),
+            (
+                "\"zz\"",
+                "check `b`: requires `zz`, which is not a check defined before it",
+            ),
+            ("\"s::a\"", "without `s::`"),
+            ("\"a b\"", "expected `name` or `suite::name`"),
+            (
+                "\"other::x\"",
+                "requires `other::x`, which no loaded suite defines",
+            ),
+        ] {
+            let e = load_text(&two(req)).unwrap_err().to_string();
+            assert!(e.contains("s.toml") && e.contains(says), "{req}: {e}");
+        }
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Check {
     pub ignore: Option<String>,
     /// What it needs.
     pub need: Need,
+    /// Ids of the checks it relies on: when one has failed, it fails at once.
+    pub requires: Vec<String>,
     /// What it does.
     pub kind: CheckKind,
 }
@@ -199,6 +201,7 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
         destructive: c.destructive,
         ignore: c.ignore.clone(),
         need,
+        requires: super::required_ids(&s.name, c),
         kind,
     })
 }

@@ -156,6 +156,9 @@ pub struct VmConfig {
     pub timeouts: BootTimeouts,
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// Files the first-boot seed writes in the guest (cloud-init `write_files`), the
+    /// way a cloud's metadata hands an agent its configuration.
+    pub seed_files: Vec<crate::vm::seed::SeedFile>,
 }
 
 impl VmConfig {
@@ -177,6 +180,7 @@ impl VmConfig {
             bridge: None,
             timeouts: BootTimeouts::tcg(),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            seed_files: Vec::new(),
         }
     }
 }

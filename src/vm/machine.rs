@@ -364,6 +364,7 @@ impl Vm {
                     .map_err(|e| VmError::Keys(e.to_string()))?,
                 host.public.clone(),
             ),
+            files: config.seed_files.clone(),
         };
         // The seed carries the guest's host private key: 0600 from its first byte.
         let _ = fs::remove_file(&files.seed);

@@ -24,6 +24,19 @@ pub struct SeedConfig {
     /// Knowing it in advance lets the harness pin it instead of trusting the first key
     /// it sees.
     pub host_key: (String, String),
+    /// Files written at first boot (`write_files`).
+    pub files: Vec<SeedFile>,
+}
+
+/// A file the seed writes in the guest at first boot, owned by root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedFile {
+    /// Absolute guest path (validated by its source, e.g. the profile).
+    pub path: String,
+    /// Its bytes (carried base64-encoded: any content is one YAML scalar).
+    pub content: Vec<u8>,
+    /// Its mode, e.g. 0o600.
+    pub mode: u32,
 }
 
 impl SeedConfig {
@@ -35,7 +48,10 @@ impl SeedConfig {
         )
     }
 
-    /// The `user-data` document (#cloud-config).
+    /// The `user-data` document (#cloud-config, valid for `cloud-init schema`). Besides
+    /// the login and the host key it makes the node's name resolve in the guest
+    /// (`manage_etc_hosts: localhost`, as cloud metadata does): without that, every `sudo`
+    /// in an image that has no DNS for it waits for a lookup to time out.
     pub fn user_data(&self) -> String {
         let indent = |s: &str| {
             s.lines()
@@ -43,13 +59,33 @@ impl SeedConfig {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        use base64ct::{Base64, Encoding};
+        let files: String = self
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "  - path: {}\n    encoding: b64\n    content: {}\n    permissions: '{:04o}'\n    owner: root:root\n",
+                    serde_json::Value::from(f.path.as_str()),
+                    Base64::encode_string(&f.content),
+                    f.mode
+                )
+            })
+            .collect();
+        let write_files = if files.is_empty() {
+            String::new()
+        } else {
+            format!("write_files:\n{files}")
+        };
         format!(
             "#cloud-config\n\
              users:\n  - name: {user}\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    shell: /bin/bash\n    lock_passwd: true\n    ssh_authorized_keys:\n      - {key}\n\
+             manage_etc_hosts: localhost\n\
              ssh_pwauth: false\n\
              ssh_deletekeys: true\n\
              ssh_genkeytypes: []\n\
-             ssh_keys:\n  ed25519_private: |\n{private}\n  ed25519_public: {public}\n",
+             ssh_keys:\n  ed25519_private: |\n{private}\n  ed25519_public: {public}\n\
+             {write_files}",
             user = self.user,
             key = self.authorized_key.trim(),
             private = indent(self.host_key.0.trim()),
@@ -105,6 +141,11 @@ mod tests {
                     .into(),
                 "ssh-ed25519 AAAAhost nodegate-host".into(),
             ),
+            files: vec![SeedFile {
+                path: "/etc/agent dir/config.json".into(),
+                content: b"{\"token\": \"t\"}\n".to_vec(),
+                mode: 0o600,
+            }],
         }
     }
 
@@ -121,6 +162,13 @@ mod tests {
             .read_to_string(&mut user_data)
             .unwrap();
         assert!(user_data.starts_with("#cloud-config\n"));
+        assert!(user_data.contains("\nmanage_etc_hosts: localhost\n"));
+        assert!(
+            user_data.ends_with(
+                "write_files:\n  - path: \"/etc/agent dir/config.json\"\n    encoding: b64\n    content: eyJ0b2tlbiI6ICJ0In0K\n    permissions: '0600'\n    owner: root:root\n"
+            ),
+            "{user_data}"
+        );
         assert!(user_data.contains("      - ssh-ed25519 AAAAC3Nza user@host\n"));
         assert!(user_data.contains("    -----BEGIN OPENSSH PRIVATE KEY-----\n    abc\n"));
         let mut meta = String::new();

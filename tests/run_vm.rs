@@ -1456,7 +1456,10 @@ fn the_agent_registers_when_provisioned_through_the_seed_or_by_a_restart() {
         ("write-restart", "restart nodegate-agent.service"),
     ] {
         let o = out();
-        let profile = fixture.replace("\n[agent]\n", &format!("\n[agent]\nprovision = \"{mode}\"\n"));
+        let profile = fixture.replace(
+            "\n[agent]\n",
+            &format!("\n[agent]\nprovision = \"{mode}\"\n"),
+        );
         assert_ne!(profile, fixture, "the fixture profile has no [agent] table");
         std::fs::write(o.path("profile.toml"), profile).unwrap();
         let mut args = o.args();
@@ -1482,7 +1485,11 @@ fn the_agent_registers_when_provisioned_through_the_seed_or_by_a_restart() {
             "agent::heartbeats_at_interval",
             "agent::local_state_agrees",
         ] {
-            assert_eq!(check_in(&json, "id", id)["status"], "passed", "{mode}: {id}");
+            assert_eq!(
+                check_in(&json, "id", id)["status"],
+                "passed",
+                "{mode}: {id}"
+            );
         }
         let registers = check_in(&json, "id", "agent::registers");
         let transcript = registers["attempts"][0]["output"].as_str().unwrap();

@@ -62,7 +62,9 @@ fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Res
     }
     if a.provision == AgentProvision::WriteRestart {
         let unit = &profile.services.agent;
-        attempt.note(format!("restart {unit}: the agent reads its config at start"));
+        attempt.note(format!(
+            "restart {unit}: the agent reads its config at start"
+        ));
         let o = attempt.exec_root(g.ssh, &format!("systemctl restart {}", shell_quote(unit)))?;
         if o.status != 0 {
             return Err(Failure::new(format!(

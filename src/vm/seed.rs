@@ -51,7 +51,9 @@ impl SeedConfig {
     /// The `user-data` document (#cloud-config, valid for `cloud-init schema`). Besides
     /// the login and the host key it makes the node's name resolve in the guest
     /// (`manage_etc_hosts: localhost`, as cloud metadata does): without that, every `sudo`
-    /// in an image that has no DNS for it waits for a lookup to time out.
+    /// in an image that has no DNS for it waits for a lookup to time out. With `ssh_keys`
+    /// given, cloud-init generates no other host key (an empty `ssh_genkeytypes`, which
+    /// said so before, is refused by its schema).
     pub fn user_data(&self) -> String {
         let indent = |s: &str| {
             s.lines()
@@ -83,7 +85,6 @@ impl SeedConfig {
              manage_etc_hosts: localhost\n\
              ssh_pwauth: false\n\
              ssh_deletekeys: true\n\
-             ssh_genkeytypes: []\n\
              ssh_keys:\n  ed25519_private: |\n{private}\n  ed25519_public: {public}\n\
              {write_files}",
             user = self.user,
@@ -163,6 +164,10 @@ mod tests {
             .unwrap();
         assert!(user_data.starts_with("#cloud-config\n"));
         assert!(user_data.contains("\nmanage_etc_hosts: localhost\n"));
+        assert!(
+            !user_data.contains("ssh_genkeytypes"),
+            "refused by cloud-init's schema"
+        );
         assert!(
             user_data.ends_with(
                 "write_files:\n  - path: \"/etc/agent dir/config.json\"\n    encoding: b64\n    content: eyJ0b2tlbiI6ICJ0In0K\n    permissions: '0600'\n    owner: root:root\n"

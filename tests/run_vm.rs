@@ -126,6 +126,36 @@ fn out() -> Out {
     }
 }
 
+/// The fixture profile with the agent provisioned another way providers do it (`[agent]
+/// provision`), written into `o`'s folder; its path.
+fn profile_provisioning(o: &Out, mode: &str) -> String {
+    let fixture = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
+    let profile = fixture.replace(
+        "\n[agent]\n",
+        &format!("\n[agent]\nprovision = \"{mode}\"\n"),
+    );
+    assert_ne!(profile, fixture, "the fixture profile has no [agent] table");
+    let path = o.path("profile.toml");
+    std::fs::write(&path, profile).unwrap();
+    path.display().to_string()
+}
+
+/// The agent, provisioned as `mode` says, registered and heartbeats; the registration's
+/// transcript `says` how it was configured.
+fn assert_agent_provisioned(json: &serde_json::Value, mode: &str, says: &str) {
+    for id in [
+        "agent::registers",
+        "agent::heartbeats_at_interval",
+        "agent::local_state_agrees",
+    ] {
+        let c = check_in(json, "id", id);
+        assert_eq!(c["status"], "passed", "{mode}: {c}");
+    }
+    let registers = check_in(json, "id", "agent::registers");
+    let transcript = registers["attempts"][0]["output"].as_str().unwrap();
+    assert!(transcript.contains(says), "{mode}: {transcript}");
+}
+
 /// Watches every process's command line on the host while it runs, and returns those
 /// that carried something shaped like a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`)
 /// beside a word of the join (kubeadm, kubectl, token, nodegate).
@@ -504,11 +534,18 @@ expect = { stdout = "v0.0.0" }
 "#,
     )
     .unwrap();
-    // On QEMU's user-mode network (forced): the fallback carries guest checks as before.
+    // On QEMU's user-mode network (forced): the fallback carries guest checks as before,
+    // and the agent's (written, then its unit restarted: it reads its config at start).
     let mut args = o.args();
+    let at = args.iter().position(|a| a == "--profile").unwrap() + 1;
+    args[at] = profile_provisioning(&o, "write-restart");
     args.extend([
         "--suites".into(),
         suite.display().to_string(),
+        "--suites".into(),
+        common::repo("suites/agent.toml"),
+        "--skip-tag".into(),
+        "fault".into(),
         "--retries".into(),
         "1".into(),
         "--network".into(),
@@ -518,6 +555,7 @@ expect = { stdout = "v0.0.0" }
     let r = common::run(&args, o.dir.path());
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert_eq!(o.json()["properties"]["network"], "user");
+    assert_agent_provisioned(&o.json(), "write-restart", "restart nodegate-agent.service");
     assert!(
         r.stdout
             .contains("test behaviour::flaky ... FLAKY (passed on attempt 2)"),
@@ -989,13 +1027,26 @@ fn a_degraded_guest_fails_no_failed_units_by_name_and_the_other_checks_run() {
     // A unit of the image fails at every boot.
     let layout = common::testbed("image/neg/failed-unit", "root.qcow2");
     let manifest = unsigned_manifest(&layout, o.dir.path());
+    // The same boot carries the agent provisioned through the first-boot seed (cloud-init
+    // writes its config before it starts), as a cloud's metadata service does.
+    let profile = profile_provisioning(&o, "seed");
     let r = o.run_unsigned(
         &manifest,
-        &common::repo("profiles/debian-fixture.toml"),
-        &["--suite", "kubelet", "--skip-tag", "node"],
+        &profile,
+        &[
+            "--suite",
+            "kubelet",
+            "--suite",
+            "agent",
+            "--skip-tag",
+            "node",
+            "--skip-tag",
+            "fault",
+        ],
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
+    assert_agent_provisioned(&json, "seed", "was written by the first-boot seed");
     assert!(
         json["stop"].is_null(),
         "a failed unit is a finding, not a stop: {json}"
@@ -1441,59 +1492,4 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
     let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
     common::junit_rules::assert_strict("a run whose checks caught injected faults", &xml);
     assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
-}
-
-/// The agent provisioned the other ways providers do it (profile `[agent] provision`):
-/// through the first-boot seed (cloud-init writes the config before the agent starts),
-/// and written over SSH followed by a restart of the agent's unit. Each registers and
-/// heartbeats; the transcript says how it was configured.
-#[test]
-fn the_agent_registers_when_provisioned_through_the_seed_or_by_a_restart() {
-    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let fixture = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
-    for (mode, says) in [
-        ("seed", "was written by the first-boot seed"),
-        ("write-restart", "restart nodegate-agent.service"),
-    ] {
-        let o = out();
-        let profile = fixture.replace(
-            "\n[agent]\n",
-            &format!("\n[agent]\nprovision = \"{mode}\"\n"),
-        );
-        assert_ne!(profile, fixture, "the fixture profile has no [agent] table");
-        std::fs::write(o.path("profile.toml"), profile).unwrap();
-        let mut args = o.args();
-        let at = args.iter().position(|a| a == "--profile").unwrap() + 1;
-        args[at] = o.path("profile.toml").display().to_string();
-        args.extend(
-            [
-                "--suites",
-                &common::repo("suites/agent.toml"),
-                "--tag",
-                "connectivity",
-                "--skip-tag",
-                "fault",
-            ]
-            .map(String::from),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = common::run(&args, o.dir.path());
-        assert_eq!(r.code, 0, "{mode}: {}{}", r.stdout, r.stderr);
-        let json = o.json();
-        for id in [
-            "agent::registers",
-            "agent::heartbeats_at_interval",
-            "agent::local_state_agrees",
-        ] {
-            assert_eq!(
-                check_in(&json, "id", id)["status"],
-                "passed",
-                "{mode}: {id}"
-            );
-        }
-        let registers = check_in(&json, "id", "agent::registers");
-        let transcript = registers["attempts"][0]["output"].as_str().unwrap();
-        assert!(transcript.contains(says), "{mode}: {transcript}");
-        assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
-    }
 }

@@ -99,6 +99,13 @@ const RUNC_TRUE: &str = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runti
 fn cgroup_drivers_that_agree_with_the_profile_pass() {
     let got = judge(Some(RUNC_FALSE), Some(&["--cgroup-driver=cgroupfs"])).unwrap();
     assert_eq!(got, "containerd=cgroupfs kubelet=cgroupfs");
+    // The image pins one driver and the join passes another: the kubelet takes the last.
+    let got = judge(
+        Some(RUNC_FALSE),
+        Some(&["--cgroup-driver=systemd", "--cgroup-driver=cgroupfs"]),
+    )
+    .unwrap();
+    assert_eq!(got, "containerd=cgroupfs kubelet=cgroupfs");
     let cfg = tempfile::NamedTempFile::new().unwrap();
     fs::write(cfg.path(), "kind: KubeletConfiguration\n").unwrap();
     let flag = format!("--config={}", cfg.path().display());

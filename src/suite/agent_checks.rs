@@ -29,15 +29,15 @@ fn accepted<'r>(
 /// did it at boot, or its config file is written in the guest (and its unit restarted).
 fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     let a = &profile.agent;
-    if !accepted(&g.endpoint.requests(), profile, g.name, &a.register_path).is_empty() {
-        return Ok(());
-    }
     let endpoint = format!("http://{}:{}", a.guest_addr, a.guest_port);
     if a.provision == AgentProvision::Seed {
         attempt.note(format!(
             "{} was written by the first-boot seed, pointing at {endpoint}",
             a.config_path
         ));
+        return Ok(());
+    }
+    if !accepted(&g.endpoint.requests(), profile, g.name, &a.register_path).is_empty() {
         return Ok(());
     }
     let text = a.render_config(g.name);
@@ -134,10 +134,16 @@ pub fn registers(
     let budget = b.duration("budget").map_err(Failure::new)?;
     let start = Instant::now();
     let at = registered(env, attempt, budget)?;
-    attempt.note(format!(
-        "registered {:.1}s after the config was written",
-        at.saturating_duration_since(start).as_secs_f64()
-    ));
+    attempt.note(match at.checked_duration_since(start) {
+        Some(after) => format!(
+            "registered {:.1}s after the agent was configured",
+            after.as_secs_f64()
+        ),
+        None => format!(
+            "registered {:.1}s before this check began",
+            start.duration_since(at).as_secs_f64()
+        ),
+    });
     let profile = env.profile;
     let g = env.guest()?;
     let log = g.endpoint.requests();

@@ -68,6 +68,9 @@ enum Command {
     /// Work with signed evidence (`nodegate run --evidence`).
     #[command(subcommand)]
     Evidence(tool_cmds::EvidenceCommand),
+    /// Work with suites.
+    #[command(subcommand)]
+    Suites(tool_cmds::SuitesCommand),
 }
 
 /// Everything a subcommand can fail with. The message is one line that names the file,
@@ -167,6 +170,7 @@ pub fn main() -> i32 {
         Command::Doctor => tool_cmds::doctor(),
         Command::Report(cmd) => tool_cmds::report(cmd),
         Command::Evidence(cmd) => tool_cmds::evidence(cmd),
+        Command::Suites(cmd) => tool_cmds::suites(cmd),
     };
     match result {
         Ok(code) => code,

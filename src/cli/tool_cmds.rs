@@ -1,4 +1,5 @@
-//! `nodegate doctor`, `nodegate report merge` and `nodegate evidence verify`.
+//! `nodegate doctor`, `nodegate report merge`, `nodegate evidence verify` and `nodegate
+//! suites check`.
 
 use std::path::PathBuf;
 
@@ -51,6 +52,53 @@ pub struct EvidenceVerifyArgs {
     /// Trusted gate keys: one public key file or a folder of *.pub / *.pem.
     #[arg(long, value_name = "PATH")]
     trust: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuitesCommand {
+    /// Find what suites say about one image that belongs in its profile or manifest:
+    /// literal paths, units, component binaries, profile values, versions (exit 1 when
+    /// any, one line each naming the file and check).
+    Check(SuitesCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SuitesCheckArgs {
+    /// Suite files or folders of them.
+    #[arg(long = "suites", value_name = "PATH", default_value = "suites")]
+    suites: Vec<PathBuf>,
+    /// The profile whose components and values count as image-specific.
+    #[arg(long, value_name = "PATH")]
+    profile: PathBuf,
+}
+
+pub fn suites(cmd: SuitesCommand) -> Result<i32, CliError> {
+    match cmd {
+        SuitesCommand::Check(a) => {
+            let defs = crate::suite::load(&a.suites).map_err(crate::run::RunError::from)?;
+            let profile =
+                crate::profile::Profile::load(&a.profile).map_err(crate::run::RunError::from)?;
+            let rules = crate::suite::lint::Rules::new(&profile);
+            let findings: Vec<_> = defs.iter().flat_map(|d| rules.check(d)).collect();
+            for f in &findings {
+                say!("{f}");
+            }
+            let checks: usize = defs.iter().map(|d| d.checks.len()).sum();
+            say!(
+                "{} suites, {checks} checks: {}",
+                defs.len(),
+                match findings.len() {
+                    0 => "nothing image-specific outside the profile and the manifest".into(),
+                    n => format!("{n} literals belong in the profile or the manifest"),
+                }
+            );
+            Ok(if findings.is_empty() {
+                exit::PASS
+            } else {
+                exit::CHECKS_FAILED
+            })
+        }
+    }
 }
 
 pub fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {

@@ -11,6 +11,7 @@ pub mod context;
 mod guest_checks;
 mod image_checks;
 mod integrity_checks;
+pub mod lint;
 pub mod multi_node_checks;
 mod partition_checks;
 pub mod plan;

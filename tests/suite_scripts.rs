@@ -19,14 +19,20 @@ fn repo(rel: &str) -> String {
         .to_string()
 }
 
-/// The planned `containerd::cgroup_driver_matches_kubelet` command check.
-fn cgroup_check() -> suite::command::CommandCheck {
+/// The planned `containerd::cgroup_driver_matches_kubelet` command check, with the
+/// profile's containerd at `containerd` (the stand-in).
+fn cgroup_check(containerd: &Path) -> suite::command::CommandCheck {
     let mut defs = suite::load(&[repo("suites/containerd.toml").into()]).unwrap();
     defs[0]
         .checks
         .retain(|c| c.name == "cgroup_driver_matches_kubelet");
     let profile = Profile::load(Path::new(&repo("profiles/debian-fixture.toml"))).unwrap();
-    let checks = suite::plan(&defs, &profile.variables()).unwrap();
+    let mut vars = profile.variables();
+    let path = vars
+        .get_mut("profile.components.containerd.path")
+        .expect("the profile names containerd's path");
+    *path = containerd.display().to_string();
+    let checks = suite::plan(&defs, &vars).unwrap();
     match &checks[0].kind {
         CheckKind::Command(c) => (**c).clone(),
         other => panic!("{other:?}"),
@@ -43,8 +49,8 @@ fn stub(dir: &Path, name: &str, body: &str) {
 /// fails when `None`), and the kubelet unit's main PID is a process with `kubelet_args`
 /// on its command line (none: not running).
 fn judge(dump: Option<&str>, kubelet_args: Option<&[&str]>) -> Result<String, String> {
-    let c = cgroup_check();
     let d = tempfile::tempdir().unwrap();
+    let c = cgroup_check(&d.path().join("containerd"));
     match dump {
         Some(text) => {
             fs::write(d.path().join("dump"), text).unwrap();

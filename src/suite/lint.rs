@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::LazyLock;
 
 use regex::Regex;
 
@@ -55,28 +55,45 @@ impl fmt::Display for Finding {
 
 /// What counts as image-specific, from the profile the suites are checked against.
 pub struct Rules {
-    /// Component binaries (the `[components]` names and their paths' file names).
-    binaries: Vec<String>,
+    /// Component binaries (the `[components]` names and their paths' file names), each
+    /// with the patterns that find it given to `systemctl` and run as a command.
+    binaries: Vec<(String, Regex, Regex)>,
     /// Profile values that name something (a `/`, `.` or `:` in them), with their variable.
     values: Vec<(String, String)>,
 }
 
-fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
-    cell.get_or_init(|| Regex::new(pattern).expect("lint pattern"))
-}
+static VAR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\$\{[^}]*\}").unwrap());
+static PATH: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?:^|[\s"'=(,\[{<>|])(/[A-Za-z0-9_.@*-]+(?:/[A-Za-z0-9_.@*-]*)*)"#).unwrap()
+});
+static UNIT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9@_.-]+\.(?:service|socket|timer)\b").unwrap());
+static VERSION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\bv?\d+\.\d+\.\d+(?:[.\d]*)").unwrap());
 
 impl Rules {
     /// The rules for suites meant to judge images described like `profile`.
     pub fn new(profile: &Profile) -> Rules {
-        let mut binaries: Vec<String> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         for (name, c) in &profile.components {
             let file = c.path.rsplit('/').next().unwrap_or_default().to_string();
             for b in [name.clone(), file] {
-                if !b.is_empty() && !binaries.contains(&b) {
-                    binaries.push(b);
+                if !b.is_empty() && !names.contains(&b) {
+                    names.push(b);
                 }
             }
         }
+        let binaries = names
+            .into_iter()
+            .map(|b| {
+                let e = regex::escape(&b);
+                let unit = format!(r"systemctl\s+[a-z-]+\s+(?:-\S+\s+)*{e}(?:\s|$|;|\))");
+                let command =
+                    format!(r"(?m)(?:^|[;&|(`]|\$\()\s*(?:sudo\s+|exec\s+)?{e}(?:\s|$|;|\))");
+                let compile = |p: &str| Regex::new(p).expect("an escaped name makes a pattern");
+                (b, compile(&unit), compile(&command))
+            })
+            .collect();
         let mut values: Vec<(String, String)> = profile
             .variables()
             .into_iter()
@@ -93,27 +110,18 @@ impl Rules {
     pub fn check(&self, suite: &SuiteDef) -> Vec<Finding> {
         let mut out = Vec::new();
         for c in &suite.checks {
-            let mut texts: Vec<(String, String, bool)> = Vec::new();
+            let mut texts: Vec<(String, &str, bool)> = Vec::new();
             if let Some(run) = &c.run {
-                texts.push(("run".into(), run.clone(), true));
+                texts.push(("run".into(), run, true));
             }
             for (k, v) in &c.params {
-                texts.push((format!("params.{k}"), v.clone(), false));
+                texts.push((format!("params.{k}"), v, false));
             }
-            if let Some(e) = &c.expect {
-                let strings = e
-                    .stdout
-                    .iter()
-                    .chain(&e.stdout_contains)
-                    .chain(&e.stdout_excludes);
-                let strings = strings.chain(&e.stdout_matches).chain(&e.stderr_contains);
-                let strings = strings.chain(&e.stderr_matches).chain(e.json.values());
-                for s in strings {
-                    texts.push(("expect".into(), s.clone(), false));
-                }
+            for s in c.expect.iter().flat_map(|e| e.texts()) {
+                texts.push(("expect".into(), s, false));
             }
             for (field, text, shell) in texts {
-                for (literal, why) in self.literals(&text, shell) {
+                for (literal, why) in self.literals(text, shell) {
                     let f = Finding {
                         path: suite.path.clone(),
                         check: format!("{}::{}", suite.name, c.name),
@@ -132,18 +140,12 @@ impl Rules {
 
     /// The image-specific literals in one text (`shell`: a `run` command).
     fn literals(&self, text: &str, shell: bool) -> Vec<(String, String)> {
-        static VAR: OnceLock<Regex> = OnceLock::new();
-        static PATH: OnceLock<Regex> = OnceLock::new();
-        static UNIT: OnceLock<Regex> = OnceLock::new();
-        static VERSION: OnceLock<Regex> = OnceLock::new();
         let text = if shell {
             without_comments(text)
         } else {
             text.to_string()
         };
-        let mut text = re(&VAR, r"\$\{[^}]*\}")
-            .replace_all(&text, " ")
-            .into_owned();
+        let mut text = VAR.replace_all(&text, " ").into_owned();
         let mut found = Vec::new();
         for (value, var) in &self.values {
             if text.contains(value.as_str()) {
@@ -151,11 +153,7 @@ impl Rules {
                 text = text.replace(value.as_str(), " ");
             }
         }
-        let path = re(
-            &PATH,
-            r#"(?:^|[\s"'=(,\[{<>|])(/[A-Za-z0-9_.@*-]+(?:/[A-Za-z0-9_.@*-]*)*)"#,
-        );
-        for m in path.captures_iter(&text) {
+        for m in PATH.captures_iter(&text) {
             let p = &m[1];
             if !OS_PATHS.iter().any(|os| p.starts_with(os) || *os == p) {
                 found.push((
@@ -164,14 +162,12 @@ impl Rules {
                 ));
             }
         }
-        let unit = re(&UNIT, r"[A-Za-z0-9@_.-]+\.(?:service|socket|timer)\b");
-        for m in unit.find_iter(&text) {
+        for m in UNIT.find_iter(&text) {
             if !m.as_str().starts_with("systemd-") {
                 found.push((m.as_str().into(), "is a unit: ${profile.services.*}".into()));
             }
         }
-        let version = re(&VERSION, r"\bv?\d+\.\d+\.\d+(?:[.\d]*)");
-        for m in version.find_iter(&text) {
+        for m in VERSION.find_iter(&text) {
             if m.as_str().matches('.').count() == 2 {
                 found.push((
                     m.as_str().into(),
@@ -180,14 +176,10 @@ impl Rules {
             }
         }
         if shell {
-            for b in &self.binaries {
-                let b_re = regex::escape(b);
-                let command =
-                    format!(r"(?m)(?:^|[;&|(`]|\$\()\s*(?:sudo\s+|exec\s+)?{b_re}(?:\s|$|;|\))");
-                let unit = format!(r"systemctl\s+[a-z-]+\s+(?:-\S+\s+)*{b_re}(?:\s|$|;|\))");
-                if matches(&unit, &text) {
+            for (b, unit, command) in &self.binaries {
+                if unit.is_match(&text) {
                     found.push((b.clone(), "is a unit: ${profile.services.*}".into()));
-                } else if matches(&command, &text) {
+                } else if command.is_match(&text) {
                     found.push((
                         b.clone(),
                         format!("runs a component by name: ${{profile.components.{b}.path}}"),
@@ -197,10 +189,6 @@ impl Rules {
         }
         found
     }
-}
-
-fn matches(pattern: &str, text: &str) -> bool {
-    Regex::new(pattern).is_ok_and(|r| r.is_match(text))
 }
 
 /// A shell script without its comment lines and trailing comments (prose may name

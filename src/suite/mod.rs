@@ -131,6 +131,23 @@ pub struct Expect {
     pub json: BTreeMap<String, String>,
 }
 
+impl Expect {
+    /// Every expected text (values, substrings, patterns), in no particular order.
+    pub fn texts(&self) -> impl Iterator<Item = &String> {
+        let lists = [
+            &self.stdout_contains,
+            &self.stdout_excludes,
+            &self.stdout_matches,
+            &self.stderr_contains,
+            &self.stderr_matches,
+        ];
+        self.stdout
+            .iter()
+            .chain(lists.into_iter().flatten())
+            .chain(self.json.values())
+    }
+}
+
 /// `needs` in a suite file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -235,12 +235,12 @@ pub fn vars(data: &[u8]) {
     let plain = suite::vars::expand(&t, vars);
     let shell = suite::vars::expand_shell(&t, vars);
     if let Err(e) = &plain {
-        one_line_str("vars-expand-multiline", e);
+        one_line_str("vars-expand-multiline", &e.to_string());
     }
     // The same error from both is one finding, reported under `expand`.
     if let Err(e) = &shell {
         if plain.as_ref().err() != Some(e) {
-            one_line_str("vars-expand_shell-multiline", e);
+            one_line_str("vars-expand_shell-multiline", &e.to_string());
         }
     }
     if plain.is_ok() != shell.is_ok() {

@@ -72,13 +72,7 @@ fn json(img: &SignedImage) -> serde_json::Value {
 }
 
 fn check(json: &serde_json::Value, id: &str) -> serde_json::Value {
-    json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in the report"))
-        .clone()
+    common::check_of(json, id).clone()
 }
 
 #[test]

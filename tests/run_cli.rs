@@ -867,6 +867,64 @@ fn cluster_checks_in_a_run_of_one_node_are_not_run_and_nothing_boots() {
     );
 }
 
+/// An image whose profile describes no agent: nothing of nodegate's reference agent is
+/// assumed. The agent's checks are not run, each saying what the profile lacks, and
+/// nothing boots for them.
+#[test]
+fn without_an_agent_in_the_profile_the_agent_checks_are_not_run_and_nothing_boots() {
+    let c = Case::new();
+    let fixture = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
+    let (head, rest) = fixture.split_once("\n[agent]\n").unwrap();
+    let (_, tail) = rest.split_once("\n[upgrade]\n").unwrap();
+    let text: String = format!("{head}\n[upgrade]\n{tail}")
+        .lines()
+        .filter(|l| !l.starts_with("agent = ") && !l.starts_with("agent_state_url = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let profile = c.write("no-agent.toml", &text);
+    let r = c.run_with(
+        "v1-direct",
+        &profile,
+        &["--suite", "agent", "--skip", "agent::version"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let json = c.json();
+    let checks = json["checks"].as_array().unwrap();
+    assert!(checks.len() >= 8, "{checks:?}");
+    let reason = |id: &str| {
+        let c = checks.iter().find(|c| c["id"] == id).unwrap();
+        assert_eq!(c["status"], "not-run", "{c}");
+        c["reason"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        reason("agent::service_active"),
+        "uses `${profile.services.agent}`, which the profile does not set"
+    );
+    assert_eq!(
+        reason("agent::local_state"),
+        "uses `${profile.expect.agent_state_url}`, which the profile does not set"
+    );
+    for id in [
+        "agent::registers",
+        "agent::reconnects_after_endpoint_restart",
+    ] {
+        assert!(
+            reason(id).contains("needs the profile's [agent]"),
+            "{id}: {}",
+            reason(id)
+        );
+    }
+    assert!(
+        checks.iter().all(|c| c["status"] == "not-run"),
+        "{checks:?}"
+    );
+    assert!(
+        !common::phase_names(&json).iter().any(|p| p == "boot"),
+        "nothing boots: {json}"
+    );
+}
+
 /// A check that shapes its node's link (latency, loss) where neither the kernel's netem
 /// nor vde2's link emulator is there: not run, saying what is missing, and nothing boots.
 /// These machines' kernel has no netem (`nodegate doctor` says so); a PATH without

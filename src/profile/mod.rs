@@ -45,9 +45,10 @@ pub struct Profile {
     /// Time budgets the image promises.
     #[serde(default)]
     pub budgets: Budgets,
-    /// The node agent's protocol, for the endpoint nodegate hosts during a run.
+    /// The node agent's protocol, for the endpoint nodegate hosts during a run; without
+    /// it the image has no agent nodegate knows of, and the agent checks are not run.
     #[serde(default)]
-    pub agent: AgentProfile,
+    pub agent: Option<AgentProfile>,
     /// How a hot upgrade bundle is applied.
     #[serde(default)]
     pub upgrade: UpgradeProfile,
@@ -195,7 +196,8 @@ pub enum JoinMethodName {
     Script,
 }
 
-/// Unit names.
+/// Unit names. containerd's and the kubelet's default to the names their upstream
+/// packages give them; the agent's is the image's own (no default).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Services {
@@ -204,7 +206,7 @@ pub struct Services {
     /// The kubelet's unit.
     pub kubelet: UnitName,
     /// The node agent's unit.
-    pub agent: UnitName,
+    pub agent: Option<UnitName>,
 }
 
 impl Default for Services {
@@ -212,15 +214,16 @@ impl Default for Services {
         Services {
             containerd: UnitName::known("containerd.service"),
             kubelet: UnitName::known("kubelet.service"),
-            agent: UnitName::known("nodegate-agent.service"),
+            agent: None,
         }
     }
 }
 
 /// The node agent's side of the run: how to point it at nodegate's endpoint and what the
-/// endpoint expects of it.
+/// endpoint expects of it. Every value is the image's: none has a default but
+/// `provision` (`write`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct AgentProfile {
     /// The endpoint's address as the guest dials it (forwarded to a host port), in
     /// QEMU's user network.
@@ -239,6 +242,7 @@ pub struct AgentProfile {
     #[serde(with = "duration_serde")]
     pub heartbeat_interval: Duration,
     /// How the agent gets its config.
+    #[serde(default)]
     pub provision: AgentProvision,
     /// Where the agent reads its config in the guest.
     pub config_path: GuestPath,
@@ -247,24 +251,6 @@ pub struct AgentProfile {
     pub config: String,
     /// The agent's local state, fetched in the guest (JSON).
     pub state_url: HttpUrl,
-}
-
-impl Default for AgentProfile {
-    fn default() -> Self {
-        AgentProfile {
-            guest_addr: UserNetAddr(std::net::Ipv4Addr::new(10, 0, 2, 101)),
-            guest_port: 18080,
-            token: Word::known("nodegate-agent-token"),
-            register_path: UrlPath::known("/v1/register"),
-            heartbeat_path: UrlPath::known("/v1/heartbeat"),
-            identity_field: Word::known("node_name"),
-            heartbeat_interval: Duration::from_secs(5),
-            provision: AgentProvision::Write,
-            config_path: GuestPath::known("/etc/nodegate-agent/config.json"),
-            config: "{\"endpoint\": \"@ENDPOINT@\", \"token\": \"@TOKEN@\", \"node_name\": \"@NODE_NAME@\"}\n".into(),
-            state_url: HttpUrl::known("http://127.0.0.1:9101/state"),
-        }
-    }
 }
 
 impl AgentProfile {
@@ -279,10 +265,11 @@ impl AgentProfile {
 }
 
 /// How the agent gets its configuration, the ways providers hand it over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentProvision {
     /// Written over SSH when the first agent check runs (an agent that watches its file).
+    #[default]
     Write,
     /// Written over SSH, then the agent's unit restarted (an agent that reads its config
     /// only at start).
@@ -424,11 +411,13 @@ impl Profile {
                 self.vm.memory_mib
             ));
         }
-        if self.agent.guest_port == 0 {
-            return Err("[agent] `guest_port` = 0: a port is 1 to 65535".into());
-        }
-        if self.agent.heartbeat_interval.is_zero() {
-            return Err("[agent] `heartbeat_interval` must be more than zero".into());
+        if let Some(a) = &self.agent {
+            if a.guest_port == 0 {
+                return Err("[agent] `guest_port` = 0: a port is 1 to 65535".into());
+            }
+            if a.heartbeat_interval.is_zero() {
+                return Err("[agent] `heartbeat_interval` must be more than zero".into());
+            }
         }
         for (k, d) in [
             ("ssh", self.budgets.ssh),
@@ -459,6 +448,22 @@ impl Profile {
         }
         out
     }
+}
+
+/// Whether `name` (a suite variable) is a profile value that a profile may leave unset:
+/// an `[expect]`, `[vars]` or `[components.*]` entry, anything of `[agent]` or
+/// `[kubelet]`, the agent's unit, a join script's path. A check using one that is unset
+/// is not run, saying so; any other unknown name is a mistake in the suite.
+pub fn optional_variable(name: &str) -> bool {
+    const TABLES: [&str; 5] = ["expect", "vars", "components", "agent", "kubelet"];
+    const KEYS: [&str; 2] = ["services.agent", "join.path"];
+    let Some(rest) = name.strip_prefix("profile.") else {
+        return false;
+    };
+    TABLES
+        .iter()
+        .any(|t| rest.strip_prefix(t).is_some_and(|r| r.starts_with('.')))
+        || KEYS.contains(&rest)
 }
 
 /// Flattens a JSON tree into `prefix.a.b = value` entries (arrays joined by commas).
@@ -555,6 +560,40 @@ mod tests {
             let e = Profile::load(&p).unwrap_err().to_string();
             assert!(e.contains("p.toml") && e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn nothing_of_an_image_is_assumed_when_the_profile_leaves_it_out() {
+        let (_d, p) = write("name = \"x\"\n");
+        let prof = Profile::load(&p).unwrap();
+        assert!(prof.agent.is_none());
+        assert!(prof.services.agent.is_none());
+        let vars = prof.variables();
+        assert!(
+            !vars.keys().any(|k| k.starts_with("profile.agent")),
+            "{vars:?}"
+        );
+        assert!(!vars.contains_key("profile.services.agent"));
+        for name in [
+            "profile.services.agent",
+            "profile.agent.state_url",
+            "profile.expect.os_image",
+            "profile.kubelet.cgroup_driver",
+            "profile.components.kubelet.path",
+        ] {
+            assert!(optional_variable(name), "{name}");
+        }
+        for name in [
+            "profile.services.kubelt",
+            "profile.agents.x",
+            "manifest.components.x",
+        ] {
+            assert!(!optional_variable(name), "{name}");
+        }
+        // An [agent] table names every value of the image's agent.
+        let (_d, p) = write("name = \"x\"\n[agent]\ntoken = \"t\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("missing field"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub fn collect_logs(
 ) {
     let dir = machine_dir(artifacts, &m.name);
     let s = &profile.services;
-    let jobs = [
+    let mut jobs = vec![
         (
             "journal",
             "journal.log",
@@ -60,16 +60,18 @@ pub fn collect_logs(
             format!("sudo journalctl -b --no-pager -u {}", s.containerd),
         ),
         (
-            "agent",
-            "agent.log",
-            format!("sudo journalctl -b --no-pager -u {}", s.agent),
-        ),
-        (
             "units",
             "failed-units.txt",
             "systemctl --failed --no-pager".to_string(),
         ),
     ];
+    if let Some(agent) = &s.agent {
+        jobs.push((
+            "agent",
+            "agent.log",
+            format!("sudo journalctl -b --no-pager -u {agent}"),
+        ));
+    }
     let name = m.name.clone();
     let deadline = std::time::Instant::now() + LOG_BUDGET;
     for (what, file, cmd) in jobs {

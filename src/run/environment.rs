@@ -175,7 +175,9 @@ impl<'c> NodeEnvironment<'c> {
         }
         if self.network.is_none() {
             let api: Ipv4Addr = cluster::GUEST_API_ADDR.parse().expect("an IPv4 address");
-            let services = [api, self.config.profile.agent.guest_addr.0];
+            let services: Vec<Ipv4Addr> = std::iter::once(api)
+                .chain(self.config.profile.agent.as_ref().map(|a| a.guest_addr.0))
+                .collect();
             let dir = self.rundir.path().join("network");
             let net = RunNetwork::create(&services, &dir, self.shape_links)
                 .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
@@ -324,6 +326,12 @@ impl Environment for NodeEnvironment<'_> {
     }
 
     fn unavailable(&mut self, check: &Check) -> Option<String> {
+        if check.needs_agent_profile() && self.config.profile.agent.is_none() {
+            return Some(format!(
+                "needs the profile's [agent] (how nodegate reaches the image's node agent); profile {} has none",
+                self.config.profile.name
+            ));
+        }
         let (mode, why) = &self.network_mode;
         if check.needs_cluster_network() && *mode == NetworkMode::User {
             return Some(format!(
@@ -447,10 +455,7 @@ impl Environment for NodeEnvironment<'_> {
         };
         let (guest, member) = match machine {
             Some(m) => {
-                let endpoint = match m.endpoint.as_mut().or(shared_endpoint) {
-                    Some(e) => e,
-                    None => return Err(Failure::new("no agent endpoint for this node")),
-                };
+                let endpoint = m.endpoint.as_mut().or(shared_endpoint);
                 let member = match (&m.joined, kubectl) {
                     (Some((node, _)), Some(kubectl)) => Some(Member { kubectl, node }),
                     _ => None,

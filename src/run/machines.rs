@@ -226,21 +226,27 @@ impl NodeEnvironment<'_> {
         vc.ssh_user = p.ssh.user.to_string();
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
-        let a = &p.agent;
-        if a.provision == AgentProvision::Seed {
+        // The agent's endpoint, hosted for a profile that describes an agent.
+        let agent = p.agent.as_ref().map(|a| {
+            let config = EndpointConfig {
+                register_path: a.register_path.to_string(),
+                heartbeat_path: a.heartbeat_path.to_string(),
+                token: a.token.to_string(),
+                identity_field: a.identity_field.to_string(),
+            };
+            (config, a.guest_addr.0, a.guest_port)
+        });
+        if let Some(a) = p
+            .agent
+            .as_ref()
+            .filter(|a| a.provision == AgentProvision::Seed)
+        {
             vc.seed_files.push(SeedFile {
                 path: a.config_path.to_string(),
                 content: a.render_config(&name).into_bytes(),
                 mode: 0o600,
             });
         }
-        let endpoint_config = EndpointConfig {
-            register_path: a.register_path.to_string(),
-            heartbeat_path: a.heartbeat_path.to_string(),
-            token: a.token.to_string(),
-            identity_field: a.identity_field.to_string(),
-        };
-        let (agent_addr, agent_port) = (a.guest_addr.0, a.guest_port);
         let endpoint_failed = |e: crate::agent_endpoint::EndpointError| {
             stop(StopKind::Infrastructure, Phase::Boot, e.to_string())
         };
@@ -263,9 +269,9 @@ impl NodeEnvironment<'_> {
                     .node_link()
                     .map_err(|e| stop(StopKind::Infrastructure, Phase::Boot, e.to_string()))?;
                 vc.bridge = Some(link.port.clone());
-                if self.endpoint.is_none() {
-                    let at = SocketAddr::from((agent_addr, agent_port));
-                    let e = AgentEndpoint::start_at(endpoint_config, net.dialer(), at)
+                if let (None, Some((config, addr, port))) = (&self.endpoint, agent) {
+                    let at = SocketAddr::from((addr, port));
+                    let e = AgentEndpoint::start_at(config, net.dialer(), at)
                         .map_err(endpoint_failed)?;
                     self.endpoint = Some(e);
                 }
@@ -275,13 +281,19 @@ impl NodeEnvironment<'_> {
                 if let Some(cp) = &self.cp {
                     vc.forwards.push(cp.forward());
                 }
-                let endpoint = AgentEndpoint::start(endpoint_config, 0).map_err(endpoint_failed)?;
-                vc.forwards.push(GuestForward {
-                    guest_addr: agent_addr,
-                    guest_port: agent_port,
-                    host_port: endpoint.port(),
-                });
-                (Some(endpoint), None)
+                let endpoint = match agent {
+                    Some((config, guest_addr, guest_port)) => {
+                        let endpoint = AgentEndpoint::start(config, 0).map_err(endpoint_failed)?;
+                        vc.forwards.push(GuestForward {
+                            guest_addr,
+                            guest_port,
+                            host_port: endpoint.port(),
+                        });
+                        Some(endpoint)
+                    }
+                    None => None,
+                };
+                (endpoint, None)
             }
         };
         emit(Event::PhaseStarted {

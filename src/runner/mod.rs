@@ -239,6 +239,9 @@ fn run_one(
     failures: &HashMap<String, String>,
 ) -> (CheckRecord, Option<Stop>) {
     let not_run = |s: Stop| (stopped(c, &s, false), Some(s));
+    if let Some(reason) = c.unset() {
+        return (record(c, Status::NotRun, Some(reason.to_string())), None);
+    }
     if let Some(reason) = env.unavailable(c) {
         return (record(c, Status::NotRun, Some(reason)), None);
     }

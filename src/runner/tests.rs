@@ -175,6 +175,25 @@ fn a_check_the_environment_cannot_hold_is_not_run_with_its_reason_and_prepares_n
 }
 
 #[test]
+fn a_check_using_an_unset_profile_value_is_not_run_with_its_reason_and_boots_nothing() {
+    let mut unset = check("a", Need::Manifest, false);
+    unset.kind =
+        CheckKind::Unset("uses `${profile.expect.x}`, which the profile does not set".into());
+    let checks = vec![unset, check("b", Need::Guest, false)];
+    let mut env = Scripted::default();
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(r[0].status, Status::NotRun);
+    assert_eq!(
+        r[0].reason.as_deref(),
+        Some("uses `${profile.expect.x}`, which the profile does not set")
+    );
+    assert!(r[0].attempts.is_empty());
+    assert_eq!(env.ran, ["s::b"], "a never ran");
+    assert_eq!(env.prepared, vec![(Need::Guest, false)]);
+    assert_eq!(code, exit::PASS);
+}
+
+#[test]
 fn without_retries_a_failure_fails_the_run() {
     let checks = vec![
         check("a", Need::Guest, false),

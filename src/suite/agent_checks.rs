@@ -8,27 +8,43 @@ use super::builtin::Builtin;
 use super::context::{shell_quote, Attempt, CheckEnv, Failure, Guest};
 use crate::agent_endpoint::Received;
 use crate::network::Impairment;
-use crate::profile::{AgentProvision, Profile};
+use crate::profile::{AgentProfile, AgentProvision, Profile};
 use crate::timeline::{Mark, MarkKind};
 use crate::vm::qemu::NIC_ID;
 
 /// Requests from this node that the endpoint answered 200, on `path`.
 fn accepted<'r>(
     log: &'r [Received],
-    profile: &Profile,
+    a: &AgentProfile,
     node: &str,
     path: &str,
 ) -> Vec<&'r Received> {
-    let field = &profile.agent.identity_field;
+    let field = &a.identity_field;
     log.iter()
         .filter(|r| r.status == 200 && r.path == path && r.body[field.as_str()] == node)
         .collect()
 }
 
+/// The profile's agent (the run runs no agent check for a profile without one).
+fn agent(profile: &Profile) -> Result<&AgentProfile, Failure> {
+    profile
+        .agent
+        .as_ref()
+        .ok_or_else(|| Failure::new("the profile has no [agent]"))
+}
+
+/// What the endpoint received so far (nothing when the run hosts none).
+fn requests(g: &Guest<'_>) -> Vec<Received> {
+    g.endpoint
+        .as_ref()
+        .map(|e| e.requests())
+        .unwrap_or_default()
+}
+
 /// Points the agent at the endpoint (once), as the profile's `provision` says: the seed
 /// did it at boot, or its config file is written in the guest (and its unit restarted).
 fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
-    let a = &profile.agent;
+    let a = agent(profile)?;
     let endpoint = format!("http://{}:{}", a.guest_addr, a.guest_port);
     if a.provision == AgentProvision::Seed {
         attempt.note(format!(
@@ -37,7 +53,7 @@ fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Res
         ));
         return Ok(());
     }
-    if !accepted(&g.endpoint.requests(), profile, g.name, &a.register_path).is_empty() {
+    if !accepted(&requests(g), a, g.name, &a.register_path).is_empty() {
         return Ok(());
     }
     let text = a.render_config(g.name);
@@ -61,7 +77,10 @@ fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Res
         )));
     }
     if a.provision == AgentProvision::WriteRestart {
-        let unit = &profile.services.agent;
+        let unit =
+            profile.services.agent.as_ref().ok_or_else(|| {
+                Failure::new("provision = \"write-restart\" needs [services] agent")
+            })?;
         attempt.note(format!(
             "restart {unit}: the agent reads its config at start"
         ));
@@ -85,7 +104,7 @@ fn wait_for<T>(
 ) -> Option<T> {
     let deadline = Instant::now() + budget.min(attempt.remaining());
     loop {
-        if let Some(v) = pick(&g.endpoint.requests()) {
+        if let Some(v) = pick(&requests(g)) {
             return Some(v);
         }
         if Instant::now() >= deadline || crate::interrupt::interrupted() {
@@ -102,14 +121,15 @@ fn registered(
     budget: Duration,
 ) -> Result<Instant, Failure> {
     let profile = env.profile;
+    let a = agent(profile)?;
     let g = env.guest()?;
     configure(profile, g, attempt)?;
-    let (name, path) = (g.name.to_string(), profile.agent.register_path.clone());
+    let (name, path) = (g.name.to_string(), a.register_path.clone());
     wait_for(g, attempt, budget, |log| {
-        accepted(log, profile, &name, &path).first().map(|r| r.at)
+        accepted(log, a, &name, &path).first().map(|r| r.at)
     })
     .ok_or_else(|| {
-        let seen = g.endpoint.requests();
+        let seen = requests(g);
         let last = seen.last().map_or("nothing".into(), |r| {
             format!("{} {} (authorized {})", r.path, r.status, r.authorized)
         });
@@ -118,7 +138,7 @@ fn registered(
                 "no registration from {name} at the endpoint within {}",
                 crate::message::duration(budget)
             ),
-            format!("POST {path} with {} = {name}", profile.agent.identity_field),
+            format!("POST {path} with {} = {name}", a.identity_field),
             format!("{} requests, last: {last}", seen.len()),
         )
     })
@@ -144,10 +164,10 @@ pub fn registers(
             start.duration_since(at).as_secs_f64()
         ),
     });
-    let profile = env.profile;
+    let a = agent(env.profile)?;
     let g = env.guest()?;
-    let log = g.endpoint.requests();
-    let reg = accepted(&log, profile, g.name, &profile.agent.register_path)[0].clone();
+    let log = requests(g);
+    let reg = accepted(&log, a, g.name, &a.register_path)[0].clone();
     let o = attempt.exec(g.ssh, "cat /etc/machine-id /proc/sys/kernel/random/boot_id")?;
     let mut lines = o.stdout.lines();
     for (field, want) in [("machine_id", lines.next()), ("boot_id", lines.next())] {
@@ -165,32 +185,30 @@ pub fn registers(
 }
 
 /// Requests from this node (whatever the answer) that arrived after `since`.
-fn from_node_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> usize {
-    let field = profile.agent.identity_field.as_str();
-    g.endpoint
-        .requests()
+fn from_node_since(g: &Guest<'_>, a: &AgentProfile, since: Instant) -> usize {
+    let field = a.identity_field.as_str();
+    requests(g)
         .iter()
         .filter(|r| r.at > since && r.body[field] == g.name)
         .count()
 }
 
 /// Heartbeats accepted from `node` after `since`, in arrival order.
-fn beats_since(g: &Guest<'_>, profile: &Profile, since: Instant) -> Vec<Instant> {
-    accepted(
-        &g.endpoint.requests(),
-        profile,
-        g.name,
-        &profile.agent.heartbeat_path,
-    )
-    .into_iter()
-    .filter(|r| r.at > since)
-    .map(|r| r.at)
-    .collect()
+fn beats_since(g: &Guest<'_>, a: &AgentProfile, since: Instant) -> Vec<Instant> {
+    accepted(&requests(g), a, g.name, &a.heartbeat_path)
+        .into_iter()
+        .filter(|r| r.at > since)
+        .map(|r| r.at)
+        .collect()
 }
 
-/// The heartbeats the endpoint accepted from `node`, as timeline marks.
+/// The heartbeats the endpoint accepted from `node`, as timeline marks (none for a
+/// profile without an agent).
 pub fn heartbeat_marks(log: &[Received], profile: &Profile, node: &str) -> Vec<Mark> {
-    accepted(log, profile, node, &profile.agent.heartbeat_path)
+    let Some(a) = &profile.agent else {
+        return Vec::new();
+    };
+    accepted(log, a, node, &a.heartbeat_path)
         .into_iter()
         .map(|r| Mark::instant(node, MarkKind::Heartbeat, r.at, "heartbeat accepted".into()))
         .collect()
@@ -209,11 +227,11 @@ pub fn heartbeats(
         .parse()
         .map_err(|_| Failure::new("param `count` is not a number"))?;
     let tolerance = b.duration("tolerance").map_err(Failure::new)?;
-    let interval = env.profile.agent.heartbeat_interval;
+    let a = agent(env.profile)?;
+    let interval = a.heartbeat_interval;
     let impairment =
         Impairment::from_params(b.param("latency"), b.param("loss")).map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
-    let profile = env.profile;
     let g = env.guest()?;
     // Shaped while the heartbeats are counted; the guard clears it, pass or fail.
     let _shaped = match &impairment {
@@ -230,7 +248,7 @@ pub fn heartbeats(
     let since = Instant::now();
     let budget = attempt.remaining();
     let beats = wait_for(g, attempt, budget, |_| {
-        let b = beats_since(g, profile, since);
+        let b = beats_since(g, a, since);
         (b.len() > count).then_some(b)
     });
     if let Some(imp) = &impairment {
@@ -250,7 +268,7 @@ pub fn heartbeats(
                 count + 1,
                 crate::message::duration(interval)
             ),
-            format!("{}", beats_since(g, profile, since).len()),
+            format!("{}", beats_since(g, a, since).len()),
         )
     })?;
     let gaps: Vec<f64> = beats
@@ -279,7 +297,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
     let down = b.duration("down").map_err(Failure::new)?;
     let budget = b.duration("budget").map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
-    let profile = env.profile;
+    let a = agent(env.profile)?;
     let g = env.guest()?;
     let mut qmp = g.vm.qmp().map_err(|e| Failure::new(format!("qmp: {e}")))?;
     qmp.set_link(NIC_ID, false)
@@ -290,7 +308,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
         crate::message::duration(down)
     ));
     std::thread::sleep(down);
-    let during = from_node_since(g, profile, cut + Duration::from_secs(1));
+    let during = from_node_since(g, a, cut + Duration::from_secs(1));
     qmp.set_link(NIC_ID, true)
         .map_err(|e| Failure::new(format!("qmp set_link on: {e}")))?;
     let up = Instant::now();
@@ -307,7 +325,7 @@ pub fn link_cut(b: &Builtin, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> R
         )));
     }
     let resumed = wait_for(g, attempt, budget, |_| {
-        beats_since(g, profile, up).first().copied()
+        beats_since(g, a, up).first().copied()
     });
     match resumed {
         Some(at) => {
@@ -336,7 +354,7 @@ pub fn partition(
     let down = b.duration("down").map_err(Failure::new)?;
     let budget = b.duration("budget").map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
-    let profile = env.profile;
+    let a = agent(env.profile)?;
     let g = env.guest()?;
     let link = g.bridge_link("cut")?;
     let heal = link
@@ -350,7 +368,7 @@ pub fn partition(
         crate::message::duration(down)
     ));
     std::thread::sleep(down);
-    let during = from_node_since(g, profile, cut + Duration::from_secs(1));
+    let during = from_node_since(g, a, cut + Duration::from_secs(1));
     drop(heal);
     let up = Instant::now();
     attempt.mark(Mark::span(
@@ -366,13 +384,13 @@ pub fn partition(
             g.name
         )));
     }
-    let (name, a) = (g.name.to_string(), &profile.agent);
+    let name = g.name.to_string();
     let back = wait_for(g, attempt, budget, |log| {
-        let reg = accepted(log, profile, &name, &a.register_path)
+        let reg = accepted(log, a, &name, &a.register_path)
             .into_iter()
             .find(|r| r.at > up)?
             .at;
-        let beat = accepted(log, profile, &name, &a.heartbeat_path)
+        let beat = accepted(log, a, &name, &a.heartbeat_path)
             .into_iter()
             .find(|r| r.at > reg)?
             .at;
@@ -407,18 +425,22 @@ pub fn reconnects(
 ) -> Result<(), Failure> {
     let budget = b.duration("budget").map_err(Failure::new)?;
     registered(env, attempt, attempt.remaining())?;
-    let profile = env.profile;
+    let a = agent(env.profile)?;
     let g = env.guest()?;
-    g.endpoint
+    let endpoint = g
+        .endpoint
+        .as_mut()
+        .ok_or_else(|| Failure::new("no agent endpoint for this node"))?;
+    endpoint
         .restart()
         .map_err(|e| Failure::new(e.to_string()))?;
     let restarted = Instant::now();
-    let generation = g.endpoint.generation();
+    let generation = endpoint.generation();
     attempt.note("endpoint restarted (it forgot the node)");
-    let (name, a) = (g.name.to_string(), &profile.agent);
+    let name = g.name.to_string();
     let back = wait_for(g, attempt, budget, |log| {
         let ours = |path: &str| {
-            accepted(log, profile, &name, path)
+            accepted(log, a, &name, path)
                 .into_iter()
                 .find(|r| r.generation == generation)
                 .map(|r| r.at)
@@ -449,14 +471,11 @@ pub fn reconnects(
 /// registered, the same node, and its counts of accepted registrations and heartbeats.
 pub fn state(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
     registered(env, attempt, attempt.remaining())?;
-    let profile = env.profile;
+    let a = agent(env.profile)?;
     let g = env.guest()?;
     let o = attempt.exec(
         g.ssh,
-        &format!(
-            "curl -s --max-time 10 {}",
-            shell_quote(&profile.agent.state_url)
-        ),
+        &format!("curl -s --max-time 10 {}", shell_quote(&a.state_url)),
     )?;
     let s: serde_json::Value = serde_json::from_str(&o.stdout).map_err(|e| {
         Failure::mismatch(
@@ -466,19 +485,19 @@ pub fn state(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failur
         )
     })?;
     let pid = s["pid"].clone();
-    let log = g.endpoint.requests();
+    let log = requests(g);
     let count = |path: &str| {
-        accepted(&log, profile, g.name, path)
+        accepted(&log, a, g.name, path)
             .into_iter()
             .filter(|r| r.body["agent_pid"] == pid)
             .count() as i64
     };
     let seen = [
-        ("registrations", count(&profile.agent.register_path)),
-        ("heartbeats_sent", count(&profile.agent.heartbeat_path)),
+        ("registrations", count(&a.register_path)),
+        ("heartbeats_sent", count(&a.heartbeat_path)),
     ];
     attempt.note(format!("endpoint accepted: {seen:?}"));
-    let field = &profile.agent.identity_field;
+    let field = &a.identity_field;
     if s[field.as_str()] != g.name || s["connected"] != true || s["registered"] != true {
         return Err(Failure::mismatch(
             "the agent's local state disagrees with the endpoint",

@@ -280,6 +280,22 @@ const CLUSTER_NETWORK: &[&str] = &[
     "agent-partition",
 ];
 
+/// The built-ins that judge the node agent at nodegate's endpoint: `not run` for a
+/// profile that describes no agent.
+const AGENT: &[&str] = &[
+    "agent-registers",
+    "agent-heartbeats",
+    "agent-link-cut",
+    "agent-partition",
+    "agent-reconnects",
+    "agent-state",
+];
+
+/// Whether the built-in `name` needs the profile's `[agent]`.
+pub fn needs_agent_profile(name: &str) -> bool {
+    AGENT.contains(&name)
+}
+
 /// The built-ins that look across nodes: `not run` in a run of one node.
 const MULTI_NODE: &[&str] = &["pods-across-nodes", "service-across-nodes", "peer-port"];
 

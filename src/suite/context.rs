@@ -40,8 +40,8 @@ pub struct Guest<'a> {
     pub ssh: &'a mut SshSession,
     /// The node's name (the Node's, when it joins).
     pub name: &'a str,
-    /// The agent endpoint forwarded into this guest.
-    pub endpoint: &'a mut AgentEndpoint,
+    /// The agent endpoint forwarded into this guest (none for a profile without an agent).
+    pub endpoint: Option<&'a mut AgentEndpoint>,
     /// Its tap on the run's bridge (none in user mode).
     pub link: Option<&'a crate::network::NodeLink>,
 }

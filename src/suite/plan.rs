@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::builtin::{self, Builtin, Need};
 use super::command::{self, CommandCheck};
 use super::context::{Attempt, CheckEnv, Failure};
-use super::vars::{expand, expand_shell, Vars};
+use super::vars::{expand, expand_shell, ExpandError, Vars};
 use super::{CheckDef, SuiteDef};
 
 /// A check ready to run.
@@ -41,6 +41,9 @@ pub enum CheckKind {
     Builtin(Builtin),
     /// An in-guest command with expectations.
     Command(Box<CommandCheck>),
+    /// Not runnable with this profile: it uses a value the profile leaves unset (the
+    /// reason says which). Reported as not run.
+    Unset(String),
 }
 
 impl Check {
@@ -60,6 +63,12 @@ impl Check {
     pub fn needs_link_shaping(&self) -> bool {
         matches!(&self.kind, CheckKind::Builtin(b)
             if !b.param("latency").is_empty() || !b.param("loss").is_empty())
+    }
+
+    /// Whether this check talks to the image's node agent through nodegate's endpoint
+    /// (not run for a profile without `[agent]`).
+    pub fn needs_agent_profile(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_agent_profile(&b.name))
     }
 
     /// Whether this check needs two nodes or more (not run in a run of one).
@@ -95,11 +104,20 @@ impl Check {
         }
     }
 
+    /// Why this check cannot run with the profile (a value it uses is unset), if so.
+    pub fn unset(&self) -> Option<&str> {
+        match &self.kind {
+            CheckKind::Unset(why) => Some(why),
+            _ => None,
+        }
+    }
+
     /// Runs one attempt.
     pub fn run(&self, env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), Failure> {
         match &self.kind {
             CheckKind::Builtin(b) => b.run(env, attempt),
             CheckKind::Command(c) => c.run(env, attempt),
+            CheckKind::Unset(why) => Err(Failure::new(why.clone())),
         }
     }
 }
@@ -116,22 +134,61 @@ pub struct PlanError {
     pub message: String,
 }
 
-/// Expands variables and compiles every check of `suites`.
+/// Expands variables and compiles every check of `suites`. A check that uses a value
+/// the profile may leave unset, and does ([`crate::profile::optional_variable`]), is
+/// planned as [`CheckKind::Unset`]; any other unknown variable is an error.
 pub fn plan(suites: &[SuiteDef], vars: &Vars) -> Result<Vec<Check>, PlanError> {
     let mut out = Vec::new();
     for s in suites {
         for c in &s.checks {
-            out.push(plan_one(s, c, vars).map_err(|message| PlanError {
-                path: s.path.clone(),
-                check: c.name.clone(),
-                message,
-            })?);
+            let check = match plan_one(s, c, vars) {
+                Ok(check) => check,
+                Err(Unplanned::Unset(name)) => {
+                    let why = format!("uses `${{{name}}}`, which the profile does not set",);
+                    let mut check = skeleton(s, c, Need::Manifest, CheckKind::Unset(why));
+                    check.destructive = false;
+                    check
+                }
+                Err(Unplanned::Bad(message)) => {
+                    return Err(PlanError {
+                        path: s.path.clone(),
+                        check: c.name.clone(),
+                        message,
+                    })
+                }
+            };
+            out.push(check);
         }
     }
     Ok(out)
 }
 
-fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
+/// Why a check was not planned.
+enum Unplanned {
+    /// It uses this optional profile value, which is unset.
+    Unset(String),
+    /// The suite is wrong (an unknown variable, a bad pattern): the message says how.
+    Bad(String),
+}
+
+impl From<String> for Unplanned {
+    fn from(message: String) -> Unplanned {
+        Unplanned::Bad(message)
+    }
+}
+
+impl From<ExpandError> for Unplanned {
+    fn from(e: ExpandError) -> Unplanned {
+        match e {
+            ExpandError::Unknown(name) if crate::profile::optional_variable(&name) => {
+                Unplanned::Unset(name)
+            }
+            other => Unplanned::Bad(other.to_string()),
+        }
+    }
+}
+
+fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, Unplanned> {
     let x = |t: &String| expand(t, vars);
     let xs = |v: &Vec<String>| {
         v.iter()
@@ -144,7 +201,7 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
                 .params
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), x(v)?)))
-                .collect::<Result<_, String>>()?;
+                .collect::<Result<_, ExpandError>>()?;
             let b = Builtin {
                 name: name.clone(),
                 params,
@@ -152,25 +209,25 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
             b.validate_values()?;
             let (need, destructive) = builtin::need(name);
             if destructive && !c.destructive {
-                return Err(format!(
+                return Err(Unplanned::Bad(format!(
                     "builtin `{name}` changes the node: mark the check `destructive = true`"
-                ));
+                )));
             }
             (need, CheckKind::Builtin(b))
         }
         (None, Some(run)) => {
             let e = c.expect.clone().unwrap_or_default();
-            let res = |v: &Vec<String>| {
-                xs(v)?
+            let res = |v: &Vec<String>| -> Result<Vec<_>, Unplanned> {
+                Ok(xs(v)?
                     .iter()
                     .map(|p| command::regex(p))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?)
             };
             let json = e
                 .json
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), x(v)?)))
-                .collect::<Result<_, String>>()?;
+                .collect::<Result<_, ExpandError>>()?;
             let cmd = CommandCheck {
                 run: expand_shell(run, vars)?,
                 sudo: c.sudo,
@@ -185,14 +242,19 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
             };
             (Need::Guest, CheckKind::Command(Box::new(cmd)))
         }
-        (None, None) => return Err("needs `builtin` or `run`".into()),
+        (None, None) => return Err(Unplanned::Bad("needs `builtin` or `run`".into())),
     };
     let need = match c.needs {
         Some(super::NeedName::Node) => need.max(Need::Node),
         Some(super::NeedName::Guest) => need.max(Need::Guest),
         None => need,
     };
-    Ok(Check {
+    Ok(skeleton(s, c, need, kind))
+}
+
+/// The check `c` of `s` with its need and kind.
+fn skeleton(s: &SuiteDef, c: &CheckDef, need: Need, kind: CheckKind) -> Check {
+    Check {
         suite: s.name.clone(),
         name: c.name.clone(),
         description: c.description.clone(),
@@ -203,5 +265,45 @@ fn plan_one(s: &SuiteDef, c: &CheckDef, vars: &Vars) -> Result<Check, String> {
         need,
         requires: super::required_ids(&s.name, c),
         kind,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(run: &str) -> SuiteDef {
+        let text = format!(
+            "name = \"s\"\n[[check]]\nname = \"c\"\ndescription = \"d\"\nrun = \"{run}\"\n"
+        );
+        super::super::parse(std::path::Path::new("s.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn an_unset_profile_value_leaves_its_check_unrun_and_a_wrong_name_is_an_error() {
+        let vars = Vars::from([("profile.services.kubelet".into(), "kubelet.service".into())]);
+        let checks = plan(
+            &[suite("systemctl status ${profile.services.agent}")],
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(
+            checks[0].unset(),
+            Some("uses `${profile.services.agent}`, which the profile does not set")
+        );
+        assert_eq!(checks[0].need, Need::Manifest, "nothing is booted for it");
+        let ok = plan(
+            &[suite("systemctl status ${profile.services.kubelet}")],
+            &vars,
+        )
+        .unwrap();
+        assert_eq!(ok[0].unset(), None);
+        for wrong in [
+            "${profile.servics.kubelet}",
+            "${manifest.components.kublet}",
+        ] {
+            let e = plan(&[suite(&format!("echo {wrong}"))], &vars).unwrap_err();
+            assert!(e.to_string().contains("unknown variable"), "{e}");
+        }
+    }
 }

@@ -12,15 +12,32 @@ pub type Vars = BTreeMap<String, String>;
 
 pub use crate::ssh::shell_quote;
 
+/// Why a text could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// A name no variable has.
+    #[error("unknown variable `${{{0}}}`")]
+    Unknown(String),
+    /// An unclosed `${` or a name with other characters.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl From<ExpandError> for String {
+    fn from(e: ExpandError) -> String {
+        e.to_string()
+    }
+}
+
 /// Replaces every `${name}` in `text` with its value as is; an unknown name or an
 /// unclosed `${` is an error naming it. `$${` writes a literal `${`.
-pub fn expand(text: &str, vars: &Vars) -> Result<String, String> {
+pub fn expand(text: &str, vars: &Vars) -> Result<String, ExpandError> {
     substitute(text, vars, |_, v| v.to_string())
 }
 
 /// Like [`expand`], for a shell command: each `${name}` becomes one quoted word, and
 /// `${raw:name}` the value as is.
-pub fn expand_shell(text: &str, vars: &Vars) -> Result<String, String> {
+pub fn expand_shell(text: &str, vars: &Vars) -> Result<String, ExpandError> {
     substitute(
         text,
         vars,
@@ -38,7 +55,7 @@ fn substitute(
     text: &str,
     vars: &Vars,
     render: impl Fn(bool, &str) -> String,
-) -> Result<String, String> {
+) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -52,7 +69,7 @@ fn substitute(
         let after = &rest[i + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in {text:?}"))?;
+            .ok_or_else(|| ExpandError::Malformed(format!("unclosed `${{` in {text:?}")))?;
         let name = after[..end].trim();
         let (raw, name) = match name.strip_prefix("raw:") {
             Some(n) => (true, n.trim()),
@@ -63,13 +80,13 @@ fn substitute(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !well_formed {
-            return Err(format!(
+            return Err(ExpandError::Malformed(format!(
                 "malformed variable {name:?} in {text:?}: names are letters, digits, `_`, `.` and `-`"
-            ));
+            )));
         }
         match vars.get(name) {
             Some(v) => out.push_str(&render(raw, v)),
-            None => return Err(format!("unknown variable `${{{name}}}`")),
+            None => return Err(ExpandError::Unknown(name.to_string())),
         }
         rest = &after[end + 1..];
     }
@@ -87,11 +104,14 @@ mod tests {
         assert_eq!(expand("x ${a.b} y", &vars).unwrap(), "x 1 y");
         assert_eq!(expand("$${a.b}", &vars).unwrap(), "${a.b}");
         assert_eq!(
-            expand("${a.c}", &vars).unwrap_err(),
+            expand("${a.c}", &vars).unwrap_err().to_string(),
             "unknown variable `${a.c}`"
         );
-        assert!(expand("${a.b", &vars).unwrap_err().contains("unclosed"));
-        let e = expand("${p\no}", &vars).unwrap_err();
+        assert!(expand("${a.b", &vars)
+            .unwrap_err()
+            .to_string()
+            .contains("unclosed"));
+        let e = expand("${p\no}", &vars).unwrap_err().to_string();
         assert!(e.contains("malformed variable") && !e.contains('\n'), "{e}");
     }
 

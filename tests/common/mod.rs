@@ -349,3 +349,28 @@ pub fn holders(inode: u64) -> Vec<String> {
     }
     found
 }
+
+/// `nodegate run` options of the VM tests: TCG, and the reports and artifacts in the
+/// run's working folder.
+#[allow(dead_code)]
+pub const TCG_REPORTS: [&str; 8] = [
+    "--accel",
+    "tcg",
+    "--json",
+    "report.json",
+    "--junit",
+    "junit.xml",
+    "--artifacts",
+    "artifacts",
+];
+
+/// The report entry of check `id`.
+#[allow(dead_code)]
+pub fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in the report"))
+}

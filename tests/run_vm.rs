@@ -4,8 +4,8 @@
 //! guest (a command killed by a signal, one that floods its output), Ctrl-C in a long
 //! guest command (and twice), SIGKILL and the next nodegate's clean-up, and the negative
 //! images and faults that each suite must catch (kernel panic, initramfs and emergency
-//! shells, a degraded guest, crash-looping kubelet, a kubelet that never serves after a
-//! restart, injected faults).
+//! shells, crash-looping kubelet, a kubelet that never serves after a restart, injected
+//! faults). A degraded guest is the vendor image's failed-unit copy (tests/vendor_image.rs).
 //! Needs the test bed (`fixtures/build`); VM tests are serialized because the machine has
 //! 2 cores.
 
@@ -88,15 +88,8 @@ impl Out {
             profile,
             "--suites",
             &suites,
-            "--accel",
-            "tcg",
-            "--json",
-            "report.json",
-            "--junit",
-            "junit.xml",
-            "--artifacts",
-            "artifacts",
         ];
+        args.extend_from_slice(&common::TCG_REPORTS);
         args.extend_from_slice(extra);
         common::run(&args, self.dir.path())
     }
@@ -1021,58 +1014,6 @@ fn an_image_that_cannot_boot_is_an_image_fault_quoting_the_console() {
 }
 
 #[test]
-fn a_degraded_guest_fails_no_failed_units_by_name_and_the_other_checks_run() {
-    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let o = out();
-    // A unit of the image fails at every boot.
-    let layout = common::testbed("image/neg/failed-unit", "root.qcow2");
-    let manifest = unsigned_manifest(&layout, o.dir.path());
-    // The same boot carries the agent provisioned through the first-boot seed (cloud-init
-    // writes its config before it starts), as a cloud's metadata service does.
-    let profile = profile_provisioning(&o, "seed");
-    let r = o.run_unsigned(
-        &manifest,
-        &profile,
-        &[
-            "--suite",
-            "kubelet",
-            "--suite",
-            "agent",
-            "--skip-tag",
-            "node",
-            "--skip-tag",
-            "fault",
-        ],
-    );
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    let json = o.json();
-    assert_agent_provisioned(&json, "seed", "was written by the first-boot seed");
-    assert!(
-        json["stop"].is_null(),
-        "a failed unit is a finding, not a stop: {json}"
-    );
-    let units = check_in(&json, "id", "kubelet::no_failed_units");
-    assert_eq!(units["status"], "failed", "{units}");
-    let message = units["message"].as_str().unwrap();
-    assert!(message.contains("nodegate-broken.service"), "{message}");
-    assert!(
-        message.contains("failing on purpose"),
-        "its journal: {message}"
-    );
-    for id in [
-        "kubelet::boots",
-        "kubelet::version",
-        "kubelet::swap_off",
-        "kubelet::sysctls",
-        "kubelet::kernel_modules",
-    ] {
-        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
-    }
-    assert_eq!(common::run_error(&o.path("junit.xml")), None);
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
-}
-
-#[test]
 fn a_restarted_kubelet_that_never_serves_fails_recovers_from_kill() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let o = out();
@@ -1281,14 +1222,9 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
                 "profile.toml",
                 "--suites",
                 &suites,
-                "--accel",
-                "tcg",
-                "--json",
-                "report.json",
-                "--junit",
-                "junit.xml",
-                "--artifacts",
-                "artifacts",
+            ])
+            .args(common::TCG_REPORTS)
+            .args([
                 "--suite",
                 "kubelet",
                 "--control-plane",

@@ -1,0 +1,209 @@
+//! Certifying an image nodegate's authors did not build: the Acme node image
+//! (fixtures/vendor: systemd-networkd, the systemd cgroup driver, upstream's kubelet
+//! drop-in layout, a renamed agent that reads its config only at start and is provisioned
+//! by the seed, other image names, another SSH user, a UEFI-only disk), signed with its
+//! vendor's key, passes every shipped suite with its own profile and the same suites and
+//! code as image v1; its copy with a failing unit fails `no_failed_units` by name while
+//! the other checks run.
+//! Needs the test bed (`fixtures/build`); VM tests are serialized (2 cores).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use quick_junit::Report;
+
+static VM: Mutex<()> = Mutex::new(());
+
+fn signed(rel: &str) -> String {
+    common::testbed("vendor-signed", "trust/acme.pub")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn profile() -> String {
+    common::repo("fixtures/vendor/profile.toml")
+}
+
+/// `nodegate run` of the Acme release in `release` (a folder of vendor-signed) with the
+/// vendor's profile and trust store, reports in `dir`.
+fn run_acme(dir: &Path, release: &str, extra: &[&str]) -> common::Run {
+    let manifest = signed(&format!("{release}/node.manifest.json"));
+    let (trust, profile, suites) = (signed("trust"), profile(), common::repo("suites"));
+    let mut args = vec![
+        "run",
+        "--manifest",
+        &manifest,
+        "--trust",
+        &trust,
+        "--profile",
+        &profile,
+        "--suites",
+        &suites,
+    ];
+    args.extend_from_slice(&common::TCG_REPORTS);
+    args.extend_from_slice(extra);
+    common::run(&args, dir)
+}
+
+fn report(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+}
+
+fn output(json: &serde_json::Value, id: &str) -> String {
+    common::check_of(json, id)["attempts"][0]["output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Files under `dir` (recursively) whose text mentions `needle`.
+fn mentioning(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(mentioning(&p, needle));
+        } else if std::fs::read_to_string(&p).is_ok_and(|t| t.to_lowercase().contains(needle)) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+#[test]
+fn nothing_in_the_suites_or_the_code_names_the_acme_image_and_its_profile_passes_the_lint() {
+    for dir in ["suites", "src"] {
+        let named = mentioning(Path::new(&common::repo(dir)), "acme");
+        assert!(named.is_empty(), "{dir} names the vendor image: {named:?}");
+    }
+    let r = common::run(
+        &[
+            "suites",
+            "check",
+            "--suites",
+            &common::repo("suites"),
+            "--profile",
+            &profile(),
+        ],
+        Path::new("."),
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
+
+/// The whole gate, two nodes on the run's network with the local control plane, every
+/// suite, and the vendor's own upgrade bundle.
+#[test]
+fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let bundle = signed("bundle-v4/bundle.manifest.json");
+    let r = run_acme(
+        d.path(),
+        "v3",
+        &[
+            "--control-plane",
+            "local",
+            "--nodes",
+            "2",
+            "--upgrade-bundle",
+            &bundle,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let junit =
+        Report::deserialize_from_str(&std::fs::read_to_string(d.path().join("junit.xml")).unwrap())
+            .unwrap();
+    assert_eq!(junit.failures + junit.errors, 0);
+    assert_eq!(common::junit_skipped(&junit), 0, "every check ran");
+    let listed = common::ok(
+        &["run", "--list", "--suites", &common::repo("suites")],
+        Path::new("."),
+    );
+    assert_eq!(junit.tests, listed.stdout.matches(": test").count() + 1);
+    let json = report(d.path());
+    assert_eq!(json["verdict"], "passed");
+    assert_eq!(json["properties"]["image.name"], "acme-node");
+    assert_eq!(json["properties"]["image.signed"], "true");
+    // What the profile, not the code, made of this image.
+    let drivers = output(&json, "containerd::cgroup_driver_matches_kubelet");
+    assert!(
+        drivers.contains("\ncontainerd=systemd kubelet=systemd\n"),
+        "{drivers}"
+    );
+    let registers = output(&json, "agent::registers");
+    assert!(
+        registers.contains("/etc/acme/agent.json was written by the first-boot seed"),
+        "{registers}"
+    );
+    let upgrade = output(&json, "hot-upgrade::in_place");
+    assert!(
+        upgrade.contains("acme upgrade: Kubernetes v1.20.3"),
+        "{upgrade}"
+    );
+    let agent = output(&json, "agent::version");
+    assert!(
+        agent.contains("/opt/acme/bin/acme-agent reports agent 1.0.0"),
+        "{agent}"
+    );
+    assert!(d.path().join("artifacts/profile.toml").is_file());
+}
+
+/// The copy with a unit that fails at every boot, on QEMU's user network: the finding
+/// names the unit with its journal, the run does not stop, the rest passes; the agent,
+/// provisioned by the seed before it starts, registers.
+#[test]
+fn a_failing_unit_of_the_acme_image_fails_no_failed_units_by_name_and_the_rest_runs() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let r = run_acme(
+        d.path(),
+        "failed-unit",
+        &[
+            "--suite",
+            "kubelet",
+            "--suite",
+            "agent",
+            "--skip-tag",
+            "node",
+            "--skip-tag",
+            "fault",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = report(d.path());
+    assert!(json["stop"].is_null(), "a finding, not a stop: {json}");
+    let units = common::check_of(&json, "kubelet::no_failed_units");
+    assert_eq!(units["status"], "failed", "{units}");
+    let message = units["message"].as_str().unwrap();
+    assert!(
+        message.contains("acme-metrics-exporter.service"),
+        "{message}"
+    );
+    assert!(message.contains("giving up"), "its journal: {message}");
+    let mut ran = 0;
+    for c in json["checks"].as_array().unwrap() {
+        if c["id"] == "kubelet::no_failed_units" || c["status"] == "not-run" {
+            continue;
+        }
+        assert_eq!(c["status"], "passed", "{c}");
+        ran += 1;
+    }
+    assert!(ran >= 10, "{ran} checks ran besides no_failed_units");
+    for id in [
+        "kubelet::boots",
+        "agent::registers",
+        "agent::heartbeats_at_interval",
+        "agent::local_state_agrees",
+    ] {
+        assert_eq!(common::check_of(&json, id)["status"], "passed", "{id}");
+    }
+    let registers = output(&json, "agent::registers");
+    assert!(
+        registers.contains("was written by the first-boot seed"),
+        "{registers}"
+    );
+    assert_eq!(common::run_error(&d.path().join("junit.xml")), None);
+}

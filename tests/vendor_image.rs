@@ -128,26 +128,24 @@ fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
     assert_eq!(json["properties"]["image.name"], "acme-node");
     assert_eq!(json["properties"]["image.signed"], "true");
     // What the profile, not the code, made of this image.
-    let drivers = output(&json, "containerd::cgroup_driver_matches_kubelet");
-    assert!(
-        drivers.contains("\ncontainerd=systemd kubelet=systemd\n"),
-        "{drivers}"
-    );
-    let registers = output(&json, "agent::registers");
-    assert!(
-        registers.contains("/etc/acme/agent.json was written by the first-boot seed"),
-        "{registers}"
-    );
-    let upgrade = output(&json, "hot-upgrade::in_place");
-    assert!(
-        upgrade.contains("acme upgrade: Kubernetes v1.20.3"),
-        "{upgrade}"
-    );
-    let agent = output(&json, "agent::version");
-    assert!(
-        agent.contains("/opt/acme/bin/acme-agent reports agent 1.0.0"),
-        "{agent}"
-    );
+    for (id, says) in [
+        (
+            "containerd::cgroup_driver_matches_kubelet",
+            "\ncontainerd=systemd kubelet=systemd\n",
+        ),
+        (
+            "agent::registers",
+            "/etc/acme/agent.json was written by the first-boot seed",
+        ),
+        ("hot-upgrade::in_place", "acme upgrade: Kubernetes v1.20.3"),
+        (
+            "agent::version",
+            "/opt/acme/bin/acme-agent reports agent 1.0.0",
+        ),
+    ] {
+        let out = output(&json, id);
+        assert!(out.contains(says), "{id}: {says:?} not in {out}");
+    }
     assert!(d.path().join("artifacts/profile.toml").is_file());
 }
 

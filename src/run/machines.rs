@@ -226,8 +226,16 @@ impl NodeEnvironment<'_> {
         vc.ssh_user = p.ssh.user.to_string();
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
-        // The agent's endpoint, hosted for a profile that describes an agent.
+        // The agent's endpoint, hosted for a profile that describes an agent; the seed
+        // carries its config when the profile says so.
         let agent = p.agent.as_ref().map(|a| {
+            if a.provision == AgentProvision::Seed {
+                vc.seed_files.push(SeedFile {
+                    path: a.config_path.to_string(),
+                    content: a.render_config(&name).into_bytes(),
+                    mode: 0o600,
+                });
+            }
             let config = EndpointConfig {
                 register_path: a.register_path.to_string(),
                 heartbeat_path: a.heartbeat_path.to_string(),
@@ -236,17 +244,6 @@ impl NodeEnvironment<'_> {
             };
             (config, a.guest_addr.0, a.guest_port)
         });
-        if let Some(a) = p
-            .agent
-            .as_ref()
-            .filter(|a| a.provision == AgentProvision::Seed)
-        {
-            vc.seed_files.push(SeedFile {
-                path: a.config_path.to_string(),
-                content: a.render_config(&name).into_bytes(),
-                mode: 0o600,
-            });
-        }
         let endpoint_failed = |e: crate::agent_endpoint::EndpointError| {
             stop(StopKind::Infrastructure, Phase::Boot, e.to_string())
         };

@@ -23,12 +23,6 @@ pub enum ExpandError {
     Malformed(String),
 }
 
-impl From<ExpandError> for String {
-    fn from(e: ExpandError) -> String {
-        e.to_string()
-    }
-}
-
 /// Replaces every `${name}` in `text` with its value as is; an unknown name or an
 /// unclosed `${` is an error naming it. `$${` writes a literal `${`.
 pub fn expand(text: &str, vars: &Vars) -> Result<String, ExpandError> {

@@ -31,18 +31,6 @@ fn check_in(report: &serde_json::Value, key: &str, value: &str) -> serde_json::V
         .clone()
 }
 
-/// QEMU processes of the VMs a run booted (named in its report's boot phases).
-fn leftover_qemus(report: &serde_json::Value) -> usize {
-    report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "boot")
-        .filter_map(|p| p["detail"].as_str()?.split(' ').next())
-        .map(|name| common::qemu_pids_with(name).len())
-        .sum()
-}
-
 struct Out {
     dir: tempfile::TempDir,
 }
@@ -249,8 +237,17 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_the_local_control_plane() 
         assert!(names.contains(&s), "{names:?}");
     }
     assert_eq!(junit.failures + junit.errors, 0);
-    assert_eq!(common::junit_skipped(&junit), 0, "every check ran");
+    // Every check ran but the one image v1's profile does not ask for.
+    assert_eq!(common::junit_skipped(&junit), 1, "every other check ran");
     let json = o.json();
+    let secure_boot = check_in(&json, "id", "integrity::secure_boot");
+    assert_eq!(secure_boot["status"], "not-run", "{secure_boot}");
+    assert!(
+        secure_boot["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not demand Secure Boot")),
+        "{secure_boot}"
+    );
     assert_eq!(json["properties"]["network"], "bridge");
     assert_eq!(json["properties"]["nodes"], "2");
     // This machine's kernel has no netem: the link emulator shaped the agent's link.
@@ -484,7 +481,7 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_the_local_control_plane() 
             "{kind} of {node} not drawn: {row:?}"
         );
     }
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 #[test]
@@ -649,7 +646,7 @@ expect = { stdout = "v0.0.0" }
             "{node}'s row lacks {k}: {kinds:?}"
         );
     }
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 /// Interrupts (then kills) the run if the test fails before it does.
@@ -838,7 +835,7 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
         Some("interrupted")
     );
     assert!(common::junit_skipped(&o.junit()) > 0);
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
     assert!(
         run_folder(state.path()).is_none(),
         "the run's folder is removed"
@@ -856,7 +853,7 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while report_at(&o.path("report.json")).is_none_or(|r| leftover_qemus(&r) == 0) {
+    while report_at(&o.path("report.json")).is_none_or(|r| common::leftover_qemus(&r) == 0) {
         assert!(
             t.elapsed() < Duration::from_secs(180),
             "the run never booted"
@@ -878,7 +875,7 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
         "{:?}",
         sent.elapsed()
     );
-    assert_eq!(leftover_qemus(&o.json()), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&o.json()), 0, "no QEMU left behind");
     assert_eq!(o.json()["verdict"], "interrupted");
     assert!(
         run_folder(state.path()).is_none(),
@@ -987,7 +984,7 @@ fn boot_fault(o: &Out, manifest: &Path, quote: &str, within: Duration) -> serde_
         .map(|(_, v)| o.path(v.as_str().unwrap()))
         .expect("the console of the failed boot is kept");
     assert!(std::fs::read_to_string(console).unwrap().contains(quote));
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
     json
 }
 
@@ -1043,7 +1040,7 @@ fn a_restarted_kubelet_that_never_serves_fails_recovers_from_kill() {
         out.contains("killed, PID") && out.contains("active after"),
         "{out}"
     );
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 #[test]
@@ -1071,7 +1068,7 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while report_at(&o.path("report.json")).is_none_or(|r| leftover_qemus(&r) == 0) {
+    while report_at(&o.path("report.json")).is_none_or(|r| common::leftover_qemus(&r) == 0) {
         assert!(
             t.elapsed() < Duration::from_secs(300),
             "the run never booted"
@@ -1113,7 +1110,7 @@ fn sigkill_mid_boot_leaves_only_files_the_next_nodegate_removes() {
     // network is as it was.
     let t = Instant::now();
     loop {
-        let left = leftover_qemus(&report)
+        let left = common::leftover_qemus(&report)
             + [
                 "dnsmasq",
                 "etcd",
@@ -1329,7 +1326,7 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     assert!(std::fs::read_to_string(kubelet_log)
         .unwrap()
         .contains("unknown flag: --nodegate-broken-flag"));
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }
 
 #[test]
@@ -1427,5 +1424,5 @@ fn injected_faults_fail_the_checks_that_look_for_them() {
         .any(|k| k.ends_with("/containerd")));
     let xml = std::fs::read_to_string(o.path("junit.xml")).unwrap();
     common::junit_rules::assert_strict("a run whose checks caught injected faults", &xml);
-    assert_eq!(leftover_qemus(&json), 0, "no QEMU left behind");
+    assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }

@@ -3,8 +3,10 @@
 //! drop-in layout, a renamed agent that reads its config only at start and is provisioned
 //! by the seed, other image names, another SSH user, a UEFI-only disk), signed with its
 //! vendor's key, passes every shipped suite with its own profile and the same suites and
-//! code as image v1; its copy with a failing unit fails `no_failed_units` by name while
-//! the other checks run.
+//! code as image v1, booted with Secure Boot enforcing (shim + signed GRUB + signed
+//! kernel) as its profile demands; the same image with its first, unsigned systemd-boot
+//! loader is refused by that firmware and fails `integrity::secure_boot` by name; its copy
+//! with a failing unit fails `no_failed_units` by name while the other checks run.
 //! Needs the test bed (`fixtures/build`); VM tests are serialized (2 cores).
 
 mod common;
@@ -139,6 +141,12 @@ fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
         ),
         ("hot-upgrade::in_place", "acme upgrade: Kubernetes v1.20.3"),
         (
+            "integrity::secure_boot",
+            "booted by /usr/share/OVMF/OVMF_CODE_4M.secboot.fd with vars from /usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+        ),
+        ("integrity::secure_boot", "\nSecureBoot= 6 0 0 0 1 \nSetupMode= 6 0 0 0 0 \n"),
+        ("integrity::secure_boot", "kernel lockdown: none [integrity]"),
+        (
             "agent::version",
             "/opt/acme/bin/acme-agent reports agent 1.0.0",
         ),
@@ -147,6 +155,62 @@ fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
         assert!(out.contains(says), "{id}: {says:?} not in {out}");
     }
     assert!(d.path().join("artifacts/profile.toml").is_file());
+}
+
+/// The same image with the loader its vendor first gave it (systemd-boot, unsigned): the
+/// profile demands Secure Boot, the firmware refuses the loader within seconds, and the
+/// Secure Boot check and the boot check fail quoting the firmware; nothing else of the
+/// guest runs, and nothing is left running.
+#[test]
+fn the_acme_image_with_an_unsigned_loader_fails_secure_boot_by_name() {
+    let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let r = run_acme(
+        d.path(),
+        "systemd-boot",
+        &[
+            "--suite",
+            "integrity",
+            "--suite",
+            "kubelet",
+            "--skip-tag",
+            "node",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let json = report(d.path());
+    assert_eq!(json["stop"]["kind"], "secure-boot", "{}", json["stop"]);
+    for id in ["integrity::secure_boot", "kubelet::boots"] {
+        let c = common::check_of(&json, id);
+        assert_eq!(c["status"], "failed", "{c}");
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.contains("Secure Boot refused the boot loader")
+                && message.contains("BdsDxe: failed to load Boot0001")
+                && message.contains("Access Denied"),
+            "{id}: {message}"
+        );
+    }
+    for id in ["integrity::guest_files", "kubelet::no_failed_units"] {
+        let c = common::check_of(&json, id);
+        assert_eq!(c["status"], "not-run", "{c}");
+        assert!(
+            c["reason"].as_str().unwrap().starts_with("secure-boot: "),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        common::check_of(&json, "integrity::signature")["status"],
+        "passed"
+    );
+    assert!(
+        r.stdout.contains("stopped in boot: secure-boot"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(common::leftover_qemus(&json), 0);
+    let junit = std::fs::read_to_string(d.path().join("junit.xml")).unwrap();
+    assert!(junit.contains("type=\"secure-boot\""), "{junit}");
 }
 
 /// The copy with a unit that fails at every boot, on QEMU's user network: the finding

@@ -231,7 +231,7 @@ fn full_disk_firmware(name: &str, boot: Boot) -> (String, tempfile::TempDir) {
 
 #[test]
 fn uefi_full_disk_boot_reaches_ready() {
-    let (firmware, run) = full_disk_firmware("efi", Boot::debian_uefi());
+    let (firmware, run) = full_disk_firmware("efi", Boot::debian_uefi(false));
     assert_eq!(firmware, "uefi");
     assert!(run.path().join("efi-vars.fd").is_file(), "per-VM vars copy");
 }

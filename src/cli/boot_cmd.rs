@@ -55,6 +55,10 @@ pub struct BootArgs {
     /// Firmware when booting from the disk.
     #[arg(long, value_enum, default_value = "uefi", conflicts_with = "kernel")]
     firmware: Firmware,
+    /// Boot on OVMF's Secure Boot firmware (Microsoft's keys enrolled, enforcing): an
+    /// unsigned boot loader is refused.
+    #[arg(long, conflicts_with = "kernel")]
+    secure_boot: bool,
     /// Accelerator: auto probes KVM and falls back to TCG.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
@@ -107,8 +111,13 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
             cmdline: args.cmdline.clone(),
         },
         None => match args.firmware {
+            Firmware::Bios if args.secure_boot => {
+                return Err(CliError::Usage(
+                    "--secure-boot needs --firmware uefi".into(),
+                ))
+            }
             Firmware::Bios => Boot::Bios,
-            Firmware::Uefi => Boot::debian_uefi(),
+            Firmware::Uefi => Boot::debian_uefi(args.secure_boot),
         },
     };
     for stale in crate::rundir::reap(&crate::rundir::root()) {

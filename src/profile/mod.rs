@@ -70,6 +70,10 @@ pub struct Profile {
 pub struct VmProfile {
     /// Firmware when the manifest has no kernel artifact: `uefi` or `bios`.
     pub firmware: Firmware,
+    /// The image must boot with Secure Boot enforcing: nodegate boots it on OVMF's
+    /// Secure Boot firmware with Microsoft's keys enrolled, and `integrity::secure_boot`
+    /// proves it from inside the guest.
+    pub secure_boot: bool,
     /// Virtual CPUs.
     pub vcpus: u32,
     /// Memory in MiB.
@@ -80,6 +84,7 @@ impl Default for VmProfile {
     fn default() -> Self {
         VmProfile {
             firmware: Firmware::Uefi,
+            secure_boot: false,
             vcpus: 2,
             memory_mib: 2048,
         }
@@ -402,6 +407,9 @@ impl Profile {
         {
             return Err("[kubelet] `resolv_conf`: a kubelet flag value takes no spaces".into());
         }
+        if self.vm.secure_boot && self.vm.firmware != Firmware::Uefi {
+            return Err("[vm] `secure_boot` needs `firmware = \"uefi\"`".into());
+        }
         if !(1..=64).contains(&self.vm.vcpus) {
             return Err(format!("[vm] `vcpus` = {}: 1 to 64", self.vm.vcpus));
         }
@@ -531,6 +539,19 @@ mod tests {
         let vars = prof.variables();
         assert_eq!(vars["profile.services.kubelet"], "kubelet.service");
         assert_eq!(vars["profile.budgets.join"], "10m");
+    }
+
+    #[test]
+    fn secure_boot_is_demanded_of_uefi_images_only() {
+        let (_d, p) = write("name = \"x\"\n[vm]\nsecure_boot = true\n");
+        assert!(Profile::load(&p).unwrap().vm.secure_boot);
+        let (_d, p) = write("name = \"x\"\n[vm]\nfirmware = \"bios\"\nsecure_boot = true\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("`secure_boot` needs `firmware = \"uefi\"`"),
+            "{e}"
+        );
+        assert!(e.contains("p.toml"), "{e}");
     }
 
     #[test]

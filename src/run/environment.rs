@@ -80,6 +80,7 @@ pub(super) fn classify(code: i32) -> StopKind {
 pub(super) fn classify_vm(e: &VmError) -> StopKind {
     match e.exit_code() {
         exit::INTERRUPTED => StopKind::Interrupted,
+        exit::CHECKS_FAILED if refused_by_secure_boot(e) => StopKind::SecureBoot,
         exit::CHECKS_FAILED => StopKind::Image,
         exit::INTEGRITY => StopKind::Integrity,
         _ if matches!(
@@ -91,6 +92,12 @@ pub(super) fn classify_vm(e: &VmError) -> StopKind {
         }
         _ => StopKind::Infrastructure,
     }
+}
+
+/// Whether the console shows Secure Boot refusing the boot loader or kernel.
+fn refused_by_secure_boot(e: &VmError) -> bool {
+    matches!(e, VmError::Console { findings, .. }
+        if findings.iter().any(|f| f.trouble == crate::vm::console::Trouble::SecureBootRefused))
 }
 
 /// Times `f` as `phase` (of `node`, if it concerns one), emitting start and finish.
@@ -329,6 +336,12 @@ impl Environment for NodeEnvironment<'_> {
         if check.needs_agent_profile() && self.config.profile.agent.is_none() {
             return Some(format!(
                 "needs the profile's [agent] (how nodegate reaches the image's node agent); profile {} has none",
+                self.config.profile.name
+            ));
+        }
+        if check.judges_secure_boot() && !self.config.profile.vm.secure_boot {
+            return Some(format!(
+                "profile {} does not demand Secure Boot ([vm] secure_boot = true)",
                 self.config.profile.name
             ));
         }

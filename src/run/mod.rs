@@ -322,7 +322,11 @@ fn disk_and_boot(config: &RunConfig, v: &Verification, m: Option<&Manifest>) -> 
         .and_then(|m| m.artifact(ArtifactRole::Disk))
         .filter(|_| verified || config.image.is_none())
         .map(|a| a.format.clone());
+    let secure_boot = config.profile.vm.secure_boot;
     let boot = match path_of(ArtifactRole::Kernel) {
+        Some(_) if secure_boot => Err(
+            "the profile demands Secure Boot, but the manifest boots a kernel directly (QEMU's -kernel bypasses the firmware that would verify it)".into(),
+        ),
         Some(kernel) => {
             let cmdline = match path_of(ArtifactRole::Cmdline) {
                 Some(p) => read_cmdline(&p),
@@ -338,7 +342,7 @@ fn disk_and_boot(config: &RunConfig, v: &Verification, m: Option<&Manifest>) -> 
             Err("no boot method: the manifest has no kernel and no disk".into())
         }
         None => Ok(match config.profile.vm.firmware {
-            Firmware::Uefi => Boot::debian_uefi(),
+            Firmware::Uefi => Boot::debian_uefi(secure_boot),
             Firmware::Bios => Boot::Bios,
         }),
     };

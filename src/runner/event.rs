@@ -129,6 +129,10 @@ pub enum StopKind {
     /// emergency shell on the console. The checks that judge the boot fail with the
     /// reason (quoting the console line); the run ends as failed.
     Image,
+    /// The image did not boot because Secure Boot refused its boot loader or kernel
+    /// (the profile demands Secure Boot): the checks that judge the boot and the one
+    /// that judges Secure Boot fail with the console line; the run ends as failed.
+    SecureBoot,
     /// SIGINT or SIGTERM.
     Interrupted,
     /// `--fail-fast` after a failed check.
@@ -143,6 +147,7 @@ impl StopKind {
             StopKind::Infrastructure => "infrastructure",
             StopKind::Node => "node",
             StopKind::Image => "image",
+            StopKind::SecureBoot => "secure-boot",
             StopKind::Interrupted => "interrupted",
             StopKind::FailFast => "fail-fast",
         }
@@ -163,7 +168,10 @@ pub struct Stop {
 impl Stop {
     /// Whether this stop is the image's fault (boot or join): checks that judge it fail.
     pub fn is_image_fault(&self) -> bool {
-        matches!(self.kind, StopKind::Node | StopKind::Image)
+        matches!(
+            self.kind,
+            StopKind::Node | StopKind::Image | StopKind::SecureBoot
+        )
     }
 
     /// Why a check did not run because of this stop: `KIND: REASON`.

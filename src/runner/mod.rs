@@ -79,6 +79,7 @@ fn judges(c: &Check, s: &Stop) -> bool {
     match s.kind {
         StopKind::Node => c.judges_join(),
         StopKind::Image => c.judges_boot(),
+        StopKind::SecureBoot => c.judges_boot() || c.judges_secure_boot(),
         _ => false,
     }
 }
@@ -107,7 +108,9 @@ pub fn exit_code(stop: Option<&Stop>, failed: usize) -> i32 {
         Some(StopKind::Interrupted) => exit::INTERRUPTED,
         Some(StopKind::Infrastructure) => exit::ENVIRONMENT,
         Some(StopKind::Integrity) => exit::INTEGRITY,
-        Some(StopKind::FailFast | StopKind::Node | StopKind::Image) => exit::CHECKS_FAILED,
+        Some(StopKind::FailFast | StopKind::Node | StopKind::Image | StopKind::SecureBoot) => {
+            exit::CHECKS_FAILED
+        }
         None if failed > 0 => exit::CHECKS_FAILED,
         None => exit::PASS,
     }

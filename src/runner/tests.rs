@@ -333,6 +333,44 @@ fn a_node_that_does_not_join_fails_the_join_check_wherever_it_sits() {
 }
 
 #[test]
+fn a_boot_refused_by_secure_boot_fails_the_boot_and_secure_boot_checks_by_name() {
+    let builtin = |name: &str, b: &str| {
+        let mut c = check(name, Need::Guest, false);
+        c.kind = CheckKind::Builtin(Builtin {
+            name: b.into(),
+            params: Default::default(),
+        });
+        c
+    };
+    let checks = vec![
+        check("files", Need::Guest, false),
+        builtin("secure_boot", "secure-boot"),
+        builtin("boots", "guest-boots"),
+        check("later", Need::Node, false),
+    ];
+    for (kind, secure_boot_fails) in [(StopKind::SecureBoot, true), (StopKind::Image, false)] {
+        let mut env = Scripted {
+            refuse: Some((Need::Guest, kind)),
+            ..Default::default()
+        };
+        let (code, r) = go(&checks, &mut env, RunOptions::default());
+        assert_eq!(code, exit::CHECKS_FAILED, "{kind:?}");
+        let status: Vec<Status> = r.iter().map(|r| r.status).collect();
+        let judged = if secure_boot_fails {
+            Status::Failed
+        } else {
+            Status::NotRun
+        };
+        assert_eq!(
+            status,
+            [Status::NotRun, judged, Status::Failed, Status::NotRun],
+            "{kind:?}"
+        );
+        assert_eq!(r[2].failure().unwrap().message, "qemu: no");
+    }
+}
+
+#[test]
 fn destructive_checks_run_last_on_a_fresh_vm_per_attempt() {
     let checks = order(vec![
         check("d", Need::Node, true),

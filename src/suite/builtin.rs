@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
     agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
-    multi_node_checks, partition_checks, pod_access_checks, service_checks, upgrade_checks,
+    multi_node_checks, partition_checks, pod_access_checks, secure_boot_checks, service_checks,
+    upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -77,6 +78,14 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         name: "guest-boots",
+        need: Need::Guest,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "secure-boot",
         need: Need::Guest,
         required: &[],
         optional: &[],
@@ -447,6 +456,7 @@ impl Builtin {
             "service-recovers" => guest_checks::service_recovers(self, env, attempt),
             "guest-boots" => guest_checks::boots(env, attempt),
             "failed-units" => guest_checks::failed_units(env, attempt),
+            "secure-boot" => secure_boot_checks::secure_boot(env, attempt),
             "component-version" => component_checks::component_version(self, env, attempt),
             "guest-files" => guest_checks::guest_files(env, attempt),
             "process-exe" => guest_checks::process_exe(self, env, attempt),

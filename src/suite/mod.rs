@@ -16,6 +16,7 @@ pub mod multi_node_checks;
 mod partition_checks;
 pub mod plan;
 mod pod_access_checks;
+mod secure_boot_checks;
 mod service_checks;
 mod upgrade_checks;
 pub mod vars;

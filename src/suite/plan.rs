@@ -89,6 +89,12 @@ impl Check {
         matches!(&self.kind, CheckKind::Builtin(b) if b.name == "guest-boots")
     }
 
+    /// Whether this check judges Secure Boot (`secure-boot`): when the profile demands
+    /// it and the firmware, shim or GRUB refuses the image, it fails with the console line.
+    pub fn judges_secure_boot(&self) -> bool {
+        matches!(&self.kind, CheckKind::Builtin(b) if b.name == "secure-boot")
+    }
+
     /// The failure this check would end with whatever the node does, known before
     /// anything boots (a hot upgrade whose bundle was refused), if there is one.
     pub fn decided(

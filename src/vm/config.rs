@@ -1,7 +1,7 @@
 //! What a VM should be: parsed and checked before anything starts.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How the guest boots.
@@ -24,24 +24,38 @@ pub enum Boot {
         code: PathBuf,
         /// OVMF vars template (copied per VM).
         vars: PathBuf,
+        /// Secure Boot enforcing: the code is a Secure Boot build, which needs SMM and
+        /// flash that only SMM may write.
+        secure_boot: bool,
     },
 }
 
 impl Boot {
-    /// A short name for reports: `kernel`, `bios` or `uefi`.
+    /// A short name for reports: `kernel`, `bios`, `uefi` or `uefi secure-boot`.
     pub fn kind(&self) -> &'static str {
         match self {
             Boot::Kernel { .. } => "kernel",
             Boot::Bios => "bios",
+            Boot::Uefi {
+                secure_boot: true, ..
+            } => "uefi secure-boot",
             Boot::Uefi { .. } => "uefi",
         }
     }
 
-    /// UEFI with Debian's OVMF files.
-    pub fn debian_uefi() -> Boot {
+    /// UEFI with Debian's OVMF files; with `secure_boot`, its Secure Boot build and vars
+    /// with Microsoft's keys enrolled (what clouds' Secure Boot VMs trust), so shim
+    /// signed by Microsoft's UEFI CA starts and unsigned loaders are refused.
+    pub fn debian_uefi(secure_boot: bool) -> Boot {
+        let (code, vars) = if secure_boot {
+            ("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")
+        } else {
+            ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")
+        };
         Boot::Uefi {
-            code: PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd"),
-            vars: PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            code: Path::new("/usr/share/OVMF").join(code),
+            vars: Path::new("/usr/share/OVMF").join(vars),
+            secure_boot,
         }
     }
 }

@@ -6,6 +6,9 @@ use std::path::Path;
 /// A class of console trouble.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trouble {
+    /// Secure Boot refused to start the boot loader or kernel (the firmware, shim or
+    /// GRUB found no trusted signature).
+    SecureBootRefused,
     /// `Kernel panic - not syncing`.
     KernelPanic,
     /// A kernel Oops.
@@ -26,6 +29,7 @@ impl Trouble {
     /// A short name for messages.
     pub fn as_str(self) -> &'static str {
         match self {
+            Trouble::SecureBootRefused => "Secure Boot refused the boot loader or kernel",
             Trouble::KernelPanic => "kernel panic",
             Trouble::Oops => "kernel Oops",
             Trouble::Bug => "kernel BUG",
@@ -38,11 +42,18 @@ impl Trouble {
 
     /// Whether the guest cannot go on after this (the boot can stop waiting at once).
     pub fn is_fatal(self) -> bool {
-        matches!(self, Trouble::KernelPanic | Trouble::EmergencyShell)
+        matches!(
+            self,
+            Trouble::SecureBootRefused | Trouble::KernelPanic | Trouble::EmergencyShell
+        )
     }
 
     fn matches(self, line: &str) -> bool {
         match self {
+            Trouble::SecureBootRefused => {
+                SECURE_BOOT_REFUSED.iter().all(|m| line.contains(m))
+                    || SIGNATURE_REFUSED.iter().any(|m| line.contains(m))
+            }
             Trouble::KernelPanic => line.contains("Kernel panic - not syncing"),
             Trouble::Oops => line.contains("Oops:") || line.contains("Oops "),
             Trouble::Bug => line.contains("BUG: ") && !line.contains("Bug: "),
@@ -67,12 +78,21 @@ const EMERGENCY: &[&str] = &[
     "Dropping to a shell!",
 ];
 
+/// OVMF's boot manager when Secure Boot refuses an image: `BdsDxe: failed to load
+/// Boot0001 "..." from PciRoot(...): Access Denied`.
+const SECURE_BOOT_REFUSED: &[&str] = &["failed to load", "Access Denied"];
+
+/// shim (`Verification failed: (0x1A) Security Violation`) and Debian's signed GRUB
+/// refusing what they were to start.
+const SIGNATURE_REFUSED: &[&str] = &["Security Violation", "bad shim signature"];
+
 /// Shell prompts printed without a newline: matched on the console's last, unfinished
 /// line.
 const PROMPTS: &[&str] = &["(initramfs) ", "dracut:/# ", "sh-5"];
 
 /// Every kind of trouble, in the order they are reported.
-pub const ALL: [Trouble; 7] = [
+pub const ALL: [Trouble; 8] = [
+    Trouble::SecureBootRefused,
     Trouble::KernelPanic,
     Trouble::Oops,
     Trouble::Bug,
@@ -283,6 +303,7 @@ mod tests {
     #[test]
     fn finds_each_kind_of_trouble_with_its_line() {
         let log = "\
+\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Access Denied\r\n\
 [    0.000000] Linux version 6.1.0\n\
 [    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n\
 [    2.0] Oops: 0000 [#1] PREEMPT SMP\n\
@@ -294,8 +315,22 @@ systemd[1]: local-fs.target: Found ordering cycle on foo.service/start\n\
         let found = scan(log, &ALL);
         let kinds: Vec<_> = found.iter().map(|f| f.trouble).collect();
         assert_eq!(kinds, ALL.to_vec());
-        assert_eq!(found[0].line_no, 2);
-        assert_eq!(found[6].line, "[FAILED] Failed to start kubelet.service.");
+        assert!(
+            found[0].line.starts_with("BdsDxe: failed to load Boot0001"),
+            "{}",
+            found[0].line
+        );
+        assert_eq!(found[1].line_no, 3);
+        assert_eq!(found[7].line, "[FAILED] Failed to start kubelet.service.");
+        for refused in [
+            "Verification failed: (0x1A) Security Violation",
+            "error: bad shim signature.",
+        ] {
+            assert_eq!(scan(refused, &ALL)[0].trouble, Trouble::SecureBootRefused);
+        }
+        let not_found =
+            "BdsDxe: failed to load Boot0002 \"UEFI PXEv4\" from PciRoot(0x0): Not Found";
+        assert!(scan(not_found, &ALL).is_empty());
     }
 
     #[test]

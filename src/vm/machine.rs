@@ -313,7 +313,7 @@ impl Vm {
                     check_file(i, "initrd")?;
                 }
             }
-            Boot::Uefi { code, vars } => {
+            Boot::Uefi { code, vars, .. } => {
                 check_file(code, "OVMF code (install ovmf)")?;
                 check_file(vars, "OVMF vars (install ovmf)")?;
             }

@@ -101,7 +101,7 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
         "-name".into(),
         format!("nodegate-{},process=nodegate-{}", config.name, config.name).into(),
         "-machine".into(),
-        format!("q35,accel={}", accel.as_str()).into(),
+        machine(&config.boot, accel).into(),
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -148,14 +148,35 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
             args.push(cmdline.into());
         }
         Boot::Bios => {}
-        Boot::Uefi { code, .. } => {
+        Boot::Uefi {
+            code, secure_boot, ..
+        } => {
             let c = opt_path("if=pflash,format=raw,unit=0,readonly=on,file=", code);
             let v = opt_path("if=pflash,format=raw,unit=1,file=", &files.efi_vars);
             args.extend(["-drive".into(), c, "-drive".into(), v]);
+            if *secure_boot {
+                // Only SMM may write the vars flash: the guest OS cannot turn Secure
+                // Boot off or enroll keys of its own.
+                args.extend([
+                    "-global".into(),
+                    "driver=cfi.pflash01,property=secure,value=on".into(),
+                ]);
+            }
         }
     }
     cmd.args(args);
     cmd
+}
+
+/// `-machine`: q35, with SMM for Secure Boot firmware (which will not start without it).
+fn machine(boot: &Boot, accel: Accel) -> String {
+    let smm = match boot {
+        Boot::Uefi {
+            secure_boot: true, ..
+        } => ",smm=on",
+        _ => "",
+    };
+    format!("q35{smm},accel={}", accel.as_str())
 }
 
 #[cfg(test)]
@@ -205,6 +226,42 @@ mod tests {
             joined.contains("readonly=on,file=/run/x/seed.img"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn secure_boot_firmware_gets_smm_and_flash_only_smm_writes() {
+        let files = RunFiles::in_dir(Path::new("/run/x"));
+        let joined = |boot: Boot| {
+            let config = VmConfig::new(
+                "t",
+                PathBuf::from("/b.qcow2"),
+                boot,
+                PathBuf::from("/run/x"),
+            );
+            let args: Vec<String> = command(&config, Accel::Tcg, 22, &files)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            args.join(" ")
+        };
+        let sb = joined(Boot::debian_uefi(true));
+        assert!(sb.contains("-machine q35,smm=on,accel=tcg "), "{sb}");
+        assert!(
+            sb.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+            "{sb}"
+        );
+        assert!(sb.contains("unit=1,file=/run/x/efi-vars.fd"), "{sb}");
+        assert!(
+            sb.contains("-global driver=cfi.pflash01,property=secure,value=on"),
+            "{sb}"
+        );
+        let plain = joined(Boot::debian_uefi(false));
+        assert!(plain.contains("-machine q35,accel=tcg "), "{plain}");
+        assert!(
+            plain.contains("file=/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            "{plain}"
+        );
+        assert!(!plain.contains("-global"), "{plain}");
     }
 
     #[test]

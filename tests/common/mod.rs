@@ -374,3 +374,15 @@ pub fn check_of<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::
         .find(|c| c["id"] == id)
         .unwrap_or_else(|| panic!("{id} not in the report"))
 }
+
+/// QEMU processes of the VMs a run booted (named in its report's boot phases).
+pub fn leftover_qemus(report: &serde_json::Value) -> usize {
+    report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "boot")
+        .filter_map(|p| p["detail"].as_str()?.split(' ').next())
+        .map(|name| qemu_pids_with(name).len())
+        .sum()
+}

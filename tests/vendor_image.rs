@@ -6,7 +6,8 @@
 //! code as image v1, booted with Secure Boot enforcing (shim + signed GRUB + signed
 //! kernel) as its profile demands; the same image with its first, unsigned systemd-boot
 //! loader is refused by that firmware and fails `integrity::secure_boot` by name; its copy
-//! with a failing unit fails `no_failed_units` by name while the other checks run.
+//! with a failing unit, provisioned by Ignition instead of cloud-init, fails
+//! `no_failed_units` by name while the other checks run.
 //! Needs the test bed (`fixtures/build`); VM tests are serialized (2 cores).
 
 mod common;
@@ -31,9 +32,9 @@ fn profile() -> String {
 
 /// `nodegate run` of the Acme release in `release` (a folder of vendor-signed) with the
 /// vendor's profile and trust store, reports in `dir`.
-fn run_acme(dir: &Path, release: &str, extra: &[&str]) -> common::Run {
+fn run_acme(dir: &Path, release: &str, profile: &str, extra: &[&str]) -> common::Run {
     let manifest = signed(&format!("{release}/node.manifest.json"));
-    let (trust, profile, suites) = (signed("trust"), profile(), common::repo("suites"));
+    let (trust, suites) = (signed("trust"), common::repo("suites"));
     let mut args = vec![
         "run",
         "--manifest",
@@ -41,7 +42,7 @@ fn run_acme(dir: &Path, release: &str, extra: &[&str]) -> common::Run {
         "--trust",
         &trust,
         "--profile",
-        &profile,
+        profile,
         "--suites",
         &suites,
     ];
@@ -105,6 +106,7 @@ fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
     let r = run_acme(
         d.path(),
         "v3",
+        &profile(),
         &[
             "--control-plane",
             "local",
@@ -137,7 +139,7 @@ fn every_shipped_suite_passes_on_the_acme_image_with_its_profile_alone() {
         ),
         (
             "agent::registers",
-            "/etc/acme/agent.json was written by the first-boot seed",
+            "/etc/acme/agent.json was written by the first-boot seed (cloud-init)",
         ),
         ("hot-upgrade::in_place", "acme upgrade: Kubernetes v1.20.3"),
         (
@@ -168,6 +170,7 @@ fn the_acme_image_with_an_unsigned_loader_fails_secure_boot_by_name() {
     let r = run_acme(
         d.path(),
         "systemd-boot",
+        &profile(),
         &[
             "--suite",
             "integrity",
@@ -213,17 +216,27 @@ fn the_acme_image_with_an_unsigned_loader_fails_secure_boot_by_name() {
     assert!(junit.contains("type=\"secure-boot\""), "{junit}");
 }
 
-/// The copy with a unit that fails at every boot, on QEMU's user network: the finding
-/// names the unit with its journal, the run does not stop, the rest passes; the agent,
-/// provisioned by the seed before it starts, registers.
+/// The copy with a unit that fails at every boot, provisioned by Ignition (fw_cfg, no
+/// cloud-init) on QEMU's user network: the login user, its key, sudo, the pinned host key,
+/// the node's name and the agent's config all come from nodegate's Ignition config; the
+/// finding names the unit with its journal, the run does not stop, the rest passes.
 #[test]
-fn a_failing_unit_of_the_acme_image_fails_no_failed_units_by_name_and_the_rest_runs() {
+fn a_failing_unit_of_the_acme_image_provisioned_by_ignition_fails_no_failed_units_by_name_and_the_rest_runs(
+) {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
+    let vendor = std::fs::read_to_string(profile()).unwrap();
+    let ignition = vendor.replace("\n[vm]\n", "\n[vm]\nfirst_boot = \"ignition\"\n");
+    assert_ne!(ignition, vendor, "the vendor profile has no [vm] table");
+    let profile = d.path().join("profile-ignition.toml");
+    std::fs::write(&profile, ignition).unwrap();
     let r = run_acme(
         d.path(),
         "failed-unit",
+        profile.to_str().unwrap(),
         &[
+            "--suite",
+            "integrity",
             "--suite",
             "kubelet",
             "--suite",
@@ -262,10 +275,28 @@ fn a_failing_unit_of_the_acme_image_fails_no_failed_units_by_name_and_the_rest_r
     ] {
         assert_eq!(common::check_of(&json, id)["status"], "passed", "{id}");
     }
+    assert_eq!(
+        common::check_of(&json, "integrity::secure_boot")["status"],
+        "passed"
+    );
     let registers = output(&json, "agent::registers");
     assert!(
-        registers.contains("was written by the first-boot seed"),
+        registers.contains("/etc/acme/agent.json was written by the first-boot seed (ignition)"),
         "{registers}"
+    );
+    // Ignition, not cloud-init, configured the guest: its stages ran in the initramfs.
+    let console = std::fs::read_dir(d.path().join("artifacts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("console.log"))
+        .find(|p| p.is_file())
+        .expect("a console log in the artifacts");
+    let console = String::from_utf8_lossy(&std::fs::read(console).unwrap()).into_owned();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("Finished") && l.contains("Ignition (files)")),
+        "Ignition's files stage did not finish on the console"
     );
     assert_eq!(common::run_error(&d.path().join("junit.xml")), None);
 }

@@ -20,6 +20,15 @@ pub enum Firmware {
     Uefi,
 }
 
+/// First-boot configurations `boot` can hand over.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FirstBootArg {
+    /// A NoCloud seed volume.
+    CloudInit,
+    /// An Ignition config on fw_cfg.
+    Ignition,
+}
+
 /// Disk image formats `boot` takes.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DiskFormatArg {
@@ -59,6 +68,10 @@ pub struct BootArgs {
     /// unsigned boot loader is refused.
     #[arg(long, conflicts_with = "kernel")]
     secure_boot: bool,
+    /// How the image takes its first-boot configuration: a cloud-init seed volume, or an
+    /// Ignition config on QEMU's fw_cfg.
+    #[arg(long, value_enum, default_value = "cloud-init")]
+    first_boot: FirstBootArg,
     /// Accelerator: auto probes KVM and falls back to TCG.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
@@ -151,6 +164,10 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory;
     config.ssh_user = args.ssh_user.clone();
+    config.first_boot = match args.first_boot {
+        FirstBootArg::CloudInit => crate::vm::FirstBoot::CloudInit,
+        FirstBootArg::Ignition => crate::vm::FirstBoot::Ignition,
+    };
     config.ssh_port = args.ssh_port;
     config.timeouts.ssh = args.ssh_timeout;
     config.timeouts.ready = args.ready_timeout;

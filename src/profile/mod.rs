@@ -70,6 +70,9 @@ pub struct Profile {
 pub struct VmProfile {
     /// Firmware when the manifest has no kernel artifact: `uefi` or `bios`.
     pub firmware: Firmware,
+    /// How the image takes its first-boot configuration: `cloud-init` (a NoCloud seed
+    /// volume) or `ignition` (a config on QEMU's fw_cfg).
+    pub first_boot: crate::vm::FirstBoot,
     /// The image must boot with Secure Boot enforcing: nodegate boots it on OVMF's
     /// Secure Boot firmware with Microsoft's keys enrolled, and `integrity::secure_boot`
     /// proves it from inside the guest.
@@ -84,6 +87,7 @@ impl Default for VmProfile {
     fn default() -> Self {
         VmProfile {
             firmware: Firmware::Uefi,
+            first_boot: crate::vm::FirstBoot::CloudInit,
             secure_boot: false,
             vcpus: 2,
             memory_mib: 2048,
@@ -539,6 +543,23 @@ mod tests {
         let vars = prof.variables();
         assert_eq!(vars["profile.services.kubelet"], "kubelet.service");
         assert_eq!(vars["profile.budgets.join"], "10m");
+    }
+
+    #[test]
+    fn the_first_boot_configuration_is_cloud_init_or_ignition() {
+        let (_d, p) = write("name = \"x\"\n");
+        assert_eq!(
+            Profile::load(&p).unwrap().vm.first_boot,
+            crate::vm::FirstBoot::CloudInit
+        );
+        let (_d, p) = write("name = \"x\"\n[vm]\nfirst_boot = \"ignition\"\n");
+        assert_eq!(
+            Profile::load(&p).unwrap().vm.first_boot,
+            crate::vm::FirstBoot::Ignition
+        );
+        let (_d, p) = write("name = \"x\"\n[vm]\nfirst_boot = \"afterburn\"\n");
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("first_boot") || e.contains("afterburn"), "{e}");
     }
 
     #[test]

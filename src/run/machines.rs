@@ -224,6 +224,7 @@ impl NodeEnvironment<'_> {
         vc.vcpus = p.vm.vcpus;
         vc.memory_mib = p.vm.memory_mib;
         vc.ssh_user = p.ssh.user.to_string();
+        vc.first_boot = p.vm.first_boot;
         vc.timeouts.ssh = p.budgets.ssh;
         vc.timeouts.ready = p.budgets.ready;
         // The agent's endpoint, hosted for a profile that describes an agent; the seed

@@ -48,8 +48,9 @@ fn configure(profile: &Profile, g: &mut Guest<'_>, attempt: &mut Attempt) -> Res
     let endpoint = format!("http://{}:{}", a.guest_addr, a.guest_port);
     if a.provision == AgentProvision::Seed {
         attempt.note(format!(
-            "{} was written by the first-boot seed, pointing at {endpoint}",
-            a.config_path
+            "{} was written by the first-boot seed ({}), pointing at {endpoint}",
+            a.config_path,
+            profile.vm.first_boot.as_str()
         ));
         return Ok(());
     }

@@ -60,6 +60,28 @@ impl Boot {
     }
 }
 
+/// How the guest gets its first-boot configuration (login user and key, host key, name,
+/// the seed's files).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstBoot {
+    /// A NoCloud seed volume (label `CIDATA`) for cloud-init.
+    #[default]
+    CloudInit,
+    /// An Ignition config on QEMU's fw_cfg (`opt/com.coreos/config`).
+    Ignition,
+}
+
+impl FirstBoot {
+    /// The name used in profiles and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirstBoot::CloudInit => "cloud-init",
+            FirstBoot::Ignition => "ignition",
+        }
+    }
+}
+
 /// The acceleration asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccelChoice {
@@ -157,7 +179,7 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Folder for the overlay, seed, console log, QMP socket and keys.
     pub run_dir: PathBuf,
-    /// The login user cloud-init creates.
+    /// The login user the first-boot configuration creates.
     pub ssh_user: String,
     /// A fixed host port for SSH; default: a free one.
     pub ssh_port: Option<u16>,
@@ -170,8 +192,11 @@ pub struct VmConfig {
     pub timeouts: BootTimeouts,
     /// The QEMU binary.
     pub qemu: PathBuf,
-    /// Files the first-boot seed writes in the guest (cloud-init `write_files`), the
-    /// way a cloud's metadata hands an agent its configuration.
+    /// How the first-boot configuration reaches the guest.
+    pub first_boot: FirstBoot,
+    /// Files the first-boot configuration writes in the guest (cloud-init `write_files`,
+    /// Ignition `storage.files`), the way a cloud's metadata hands an agent its
+    /// configuration.
     pub seed_files: Vec<crate::vm::seed::SeedFile>,
 }
 
@@ -194,6 +219,7 @@ impl VmConfig {
             bridge: None,
             timeouts: BootTimeouts::tcg(),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            first_boot: FirstBoot::CloudInit,
             seed_files: Vec::new(),
         }
     }

@@ -8,9 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::accel::{self, AccelDecision, KvmUnavailable};
+use super::config::FirstBoot;
 use super::config::{Boot, VmConfig};
 use super::console::{self, ConsoleWatch, Finding, Trouble};
 use super::disk::{self, DiskError};
+use super::ignition;
 use super::qemu::{self, RunFiles};
 use super::qmp::{Qmp, QmpError};
 use super::seed::{self, SeedConfig};
@@ -366,9 +368,17 @@ impl Vm {
             ),
             files: config.seed_files.clone(),
         };
-        // The seed carries the guest's host private key: 0600 from its first byte.
-        let _ = fs::remove_file(&files.seed);
-        seed::write(&seed_config, &files.seed).map_err(run_dir_err)?;
+        // Either carries the guest's host private key: 0600 from its first byte.
+        match config.first_boot {
+            FirstBoot::CloudInit => {
+                let _ = fs::remove_file(&files.seed);
+                seed::write(&seed_config, &files.seed).map_err(run_dir_err)?;
+            }
+            FirstBoot::Ignition => {
+                let _ = fs::remove_file(&files.ignition);
+                ignition::write(&seed_config, &files.ignition).map_err(run_dir_err)?;
+            }
+        }
         let _ = fs::remove_file(&host.private);
         let _ = fs::remove_file(&files.overlay);
         disk::create_overlay(&config.image, &info, &files.overlay)?;

@@ -9,13 +9,14 @@ pub mod accel;
 pub mod config;
 pub mod console;
 pub mod disk;
+pub mod ignition;
 mod machine;
 pub mod qemu;
 pub mod qmp;
 pub mod rootfs;
 pub mod seed;
 
-pub use config::{AccelChoice, Boot, BootTimeouts, GuestForward, VmConfig};
+pub use config::{AccelChoice, Boot, BootTimeouts, FirstBoot, GuestForward, VmConfig};
 pub use machine::{
     footprint_mib, mem_available_mib, BootTimings, Phase, Vm, VmError, QEMU_OVERHEAD_MIB,
 };

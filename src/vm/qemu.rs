@@ -10,15 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::accel::Accel;
-use super::config::{Boot, VmConfig};
+use super::config::{Boot, FirstBoot, VmConfig};
 
 /// The files of one VM inside its run folder.
 #[derive(Debug, Clone)]
 pub struct RunFiles {
     /// The qcow2 overlay on top of the base image.
     pub overlay: PathBuf,
-    /// The NoCloud seed volume.
+    /// The NoCloud seed volume (cloud-init).
     pub seed: PathBuf,
+    /// The Ignition config (Ignition).
+    pub ignition: PathBuf,
     /// The serial console log.
     pub console: PathBuf,
     /// The QMP socket.
@@ -35,6 +37,7 @@ impl RunFiles {
         RunFiles {
             overlay: dir.join("overlay.qcow2"),
             seed: dir.join("seed.img"),
+            ignition: dir.join("ignition.json"),
             console: dir.join("console.log"),
             qmp: dir.join("qmp.sock"),
             efi_vars: dir.join("efi-vars.fd"),
@@ -123,15 +126,29 @@ pub fn command(config: &VmConfig, accel: Accel, ssh_port: u16, files: &RunFiles)
             "if=virtio,format=qcow2,cache=unsafe,discard=unmap,file=",
             &files.overlay,
         ),
-        "-drive".into(),
-        opt_path("if=virtio,format=raw,readonly=on,file=", &files.seed),
+    ];
+    // Where the seed drive always was (the NIC's PCI slot, hence its name, follows it).
+    match config.first_boot {
+        FirstBoot::CloudInit => args.extend([
+            "-drive".into(),
+            opt_path("if=virtio,format=raw,readonly=on,file=", &files.seed),
+        ]),
+        FirstBoot::Ignition => args.extend([
+            "-fw_cfg".into(),
+            opt_path(
+                &format!("name={},file=", super::ignition::FW_CFG_NAME),
+                &files.ignition,
+            ),
+        ]),
+    }
+    args.extend([
         "-netdev".into(),
         netdev,
         "-device".into(),
         nic.into(),
         "-device".into(),
         "virtio-rng-pci".into(),
-    ];
+    ]);
     match &config.boot {
         Boot::Kernel {
             kernel,
@@ -229,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn secure_boot_firmware_gets_smm_and_flash_only_smm_writes() {
+    fn secure_boot_gets_smm_and_flash_only_smm_writes_and_ignition_gets_fw_cfg() {
         let files = RunFiles::in_dir(Path::new("/run/x"));
         let joined = |boot: Boot| {
             let config = VmConfig::new(
@@ -254,6 +271,31 @@ mod tests {
         assert!(
             sb.contains("-global driver=cfi.pflash01,property=secure,value=on"),
             "{sb}"
+        );
+        let mut ignition = VmConfig::new(
+            "t",
+            PathBuf::from("/b.qcow2"),
+            Boot::Bios,
+            PathBuf::from("/run/x"),
+        );
+        ignition.first_boot = FirstBoot::Ignition;
+        let args: Vec<String> = command(
+            &ignition,
+            Accel::Tcg,
+            22,
+            &RunFiles::in_dir(Path::new("/run/x,y")),
+        )
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        let args = args.join(" ");
+        assert!(
+            args.contains("-fw_cfg name=opt/com.coreos/config,file=/run/x,,y/ignition.json"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("seed.img"),
+            "no seed volume beside Ignition: {args}"
         );
         let plain = joined(Boot::debian_uefi(false));
         assert!(plain.contains("-machine q35,accel=tcg "), "{plain}");

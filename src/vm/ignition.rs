@@ -79,14 +79,14 @@ mod tests {
         let c = SeedConfig {
             instance_id: "i".into(),
             hostname: "node-a".into(),
-            user: "acme".into(),
+            user: "vendor".into(),
             authorized_key: "ssh-ed25519 AAAAuser nodegate\n".into(),
             host_key: (
                 "-----BEGIN-----\nk\n-----END-----".into(),
                 "ssh-ed25519 AAAAhost h".into(),
             ),
             files: vec![SeedFile {
-                path: "/etc/acme/agent.json".into(),
+                path: "/etc/vendor/agent.json".into(),
                 content: b"{\"token\": \"t\"}".to_vec(),
                 mode: 0o600,
             }],
@@ -94,7 +94,7 @@ mod tests {
         let v: Value = serde_json::from_str(&config(&c)).unwrap();
         assert_eq!(v["ignition"]["version"], "3.3.0");
         let user = &v["passwd"]["users"][0];
-        assert_eq!(user["name"], "acme");
+        assert_eq!(user["name"], "vendor");
         assert_eq!(
             user["sshAuthorizedKeys"][0],
             "ssh-ed25519 AAAAuser nodegate"
@@ -110,14 +110,14 @@ mod tests {
         assert_eq!(key["mode"], 0o600);
         assert_eq!(decoded(&key), "-----BEGIN-----\nk\n-----END-----\n");
         assert_eq!(
-            decoded(&by_path("/etc/sudoers.d/90-nodegate-acme")),
-            "acme ALL=(ALL) NOPASSWD:ALL\n"
+            decoded(&by_path("/etc/sudoers.d/90-nodegate-vendor")),
+            "vendor ALL=(ALL) NOPASSWD:ALL\n"
         );
-        assert_eq!(by_path("/etc/sudoers.d/90-nodegate-acme")["mode"], 0o440);
+        assert_eq!(by_path("/etc/sudoers.d/90-nodegate-vendor")["mode"], 0o440);
         assert_eq!(decoded(&by_path("/etc/hostname")), "node-a\n");
         let hosts = by_path("/etc/hosts");
         assert!(hosts.get("contents").is_none(), "appended, not replaced");
-        let agent = by_path("/etc/acme/agent.json");
+        let agent = by_path("/etc/vendor/agent.json");
         assert_eq!(agent["mode"], 0o600);
         assert_eq!(decoded(&agent), "{\"token\": \"t\"}");
     }

@@ -102,7 +102,7 @@ pub fn secure_boot(env: &mut CheckEnv<'_>, attempt: &mut Attempt) -> Result<(), 
         )),
         other => attempt.note(format!("booted: {}", other.kind())),
     }
-    // efivarfs and securityfs are root's to read.
+    // As root: an image may keep efivarfs or securityfs from other users.
     let o = attempt.exec_root(g.ssh, &command())?;
     if !o.success() || o.stdout.trim().is_empty() {
         return Err(Failure::new(format!(

@@ -247,20 +247,19 @@ mod tests {
 
     #[test]
     fn secure_boot_gets_smm_and_flash_only_smm_writes_and_ignition_gets_fw_cfg() {
-        let files = RunFiles::in_dir(Path::new("/run/x"));
-        let joined = |boot: Boot| {
-            let config = VmConfig::new(
-                "t",
-                PathBuf::from("/b.qcow2"),
-                boot,
-                PathBuf::from("/run/x"),
-            );
-            let args: Vec<String> = command(&config, Accel::Tcg, 22, &files)
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
+        // QEMU's argv for `boot` (and `first_boot`), its run folder `dir`, as one line.
+        let joined_in = |dir: &str, boot: Boot, first_boot: FirstBoot| {
+            let mut config =
+                VmConfig::new("t", PathBuf::from("/b.qcow2"), boot, PathBuf::from(dir));
+            config.first_boot = first_boot;
+            let args: Vec<String> =
+                command(&config, Accel::Tcg, 22, &RunFiles::in_dir(Path::new(dir)))
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
             args.join(" ")
         };
+        let joined = |boot: Boot| joined_in("/run/x", boot, FirstBoot::CloudInit);
         let sb = joined(Boot::debian_uefi(true));
         assert!(sb.contains("-machine q35,smm=on,accel=tcg "), "{sb}");
         assert!(
@@ -272,23 +271,7 @@ mod tests {
             sb.contains("-global driver=cfi.pflash01,property=secure,value=on"),
             "{sb}"
         );
-        let mut ignition = VmConfig::new(
-            "t",
-            PathBuf::from("/b.qcow2"),
-            Boot::Bios,
-            PathBuf::from("/run/x"),
-        );
-        ignition.first_boot = FirstBoot::Ignition;
-        let args: Vec<String> = command(
-            &ignition,
-            Accel::Tcg,
-            22,
-            &RunFiles::in_dir(Path::new("/run/x,y")),
-        )
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-        let args = args.join(" ");
+        let args = joined_in("/run/x,y", Boot::Bios, FirstBoot::Ignition);
         assert!(
             args.contains("-fw_cfg name=opt/com.coreos/config,file=/run/x,,y/ignition.json"),
             "{args}"

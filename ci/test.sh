@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/install-deps.sh
 fixtures/build
+fixtures/kind/engine up   # the test bed's Docker engine, for the kind tests (fixtures/kind/README.md)
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast

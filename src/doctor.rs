@@ -90,8 +90,53 @@ fn free_disk_mib(path: &Path) -> Option<u64> {
     Some(s.f_bavail as u64 * s.f_frsize as u64 / (1024 * 1024))
 }
 
-/// Looks at everything.
-pub fn diagnose() -> Vec<Finding> {
+/// Whether this process's capability bounding set lacks CAP_SYS_RESOURCE (bit 24), which
+/// privileged containers ask for.
+fn lacks_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|bnd| bnd >> 24 & 1 == 0)
+}
+
+/// The same probe `--control-plane auto` runs before it picks kind.
+fn kind_finding(image: Option<&str>) -> Finding {
+    let path = env_path();
+    let (ok, mut detail) = if find_on_path("kind", &path).is_none() {
+        (false, "kind not on PATH".to_string())
+    } else {
+        let config = crate::cluster::KindConfig {
+            image: image.map(String::from),
+            ..Default::default()
+        };
+        match crate::cluster::kind::probe(&config) {
+            Ok(p) => (true, p.describe()),
+            Err(e) => (false, e.to_string()),
+        }
+    };
+    if lacks_sys_resource() {
+        detail.push_str(
+            "; this host's capability set lacks CAP_SYS_RESOURCE: privileged containers need an engine runtime that drops it (the test bed's engine applies runc-without-sys-resource)",
+        );
+    }
+    Finding {
+        item: "kind",
+        ok,
+        detail,
+        prevents: "--control-plane kind (and auto picking it)",
+        required: false,
+    }
+}
+
+/// Looks at everything; the kind probe tries `kind_image` (default: kind's own).
+pub fn diagnose(kind_image: Option<&str>) -> Vec<Finding> {
     let mut out = vec![
         tool(
             "qemu",
@@ -174,20 +219,7 @@ pub fn diagnose() -> Vec<Finding> {
         prevents: "--control-plane local (build it: fixtures/build)",
         required: false,
     });
-    out.push(tool(
-        "kind",
-        "kind",
-        &["version"],
-        "--control-plane kind (auto picks local: kind is used only when asked for by name)",
-        false,
-    ));
-    out.push(tool(
-        "docker",
-        "docker",
-        &["--version"],
-        "--control-plane kind",
-        false,
-    ));
+    out.push(kind_finding(kind_image));
     out.push(tool(
         "kubectl (PATH)",
         "kubectl",

@@ -46,6 +46,17 @@ pub struct RemoteObject {
     pub name: String,
 }
 
+/// A kind cluster a run creates: deleted by [`reap`] if the run was killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCluster {
+    /// The `PATH` kind and docker were found on.
+    pub path: String,
+    /// `DOCKER_HOST` as the run had it.
+    pub docker_host: Option<String>,
+    /// The cluster (and its docker network).
+    pub name: String,
+}
+
 /// What a run folder says of its run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Record {
@@ -57,6 +68,8 @@ struct Record {
     #[serde(default)]
     html_report: Option<PathBuf>,
     remote: Vec<RemoteObject>,
+    #[serde(default)]
+    kind_clusters: Vec<KindCluster>,
 }
 
 /// A run's private folder (mode 0700), locked while the run lives and removed when the
@@ -134,6 +147,7 @@ impl RunDir {
                 junit_report: absolute(reports.junit.as_deref()),
                 html_report: absolute(reports.html.as_deref()),
                 remote: Vec::new(),
+                kind_clusters: Vec::new(),
             },
             path,
             _lock: lock_file,
@@ -155,6 +169,16 @@ impl RunDir {
     /// Records an object created in a cluster nodegate does not own.
     pub fn note_remote(&mut self, object: RemoteObject) {
         self.record.remote.push(object);
+        let _ = self.save();
+    }
+
+    /// Records a kind cluster the run is about to create (found on `path`).
+    pub fn note_kind_cluster(&mut self, path: &std::ffi::OsStr, name: &str) {
+        self.record.kind_clusters.push(KindCluster {
+            path: path.to_string_lossy().into_owned(),
+            docker_host: std::env::var("DOCKER_HOST").ok(),
+            name: name.into(),
+        });
         let _ = self.save();
     }
 
@@ -283,7 +307,7 @@ pub fn reap(root: &Path) -> Vec<Stale> {
             },
             &reason,
         );
-        let remote = record
+        let remote: Vec<String> = record
             .remote
             .iter()
             .map(|o| {
@@ -303,6 +327,8 @@ pub fn reap(root: &Path) -> Vec<Stale> {
                 }
             })
             .collect();
+        let kind = record.kind_clusters.iter().map(reap_kind_cluster);
+        let remote = remote.into_iter().chain(kind).collect();
         let bytes = size_of(&path);
         let _ = fs::remove_dir_all(&path);
         drop(held);
@@ -316,6 +342,32 @@ pub fn reap(root: &Path) -> Vec<Stale> {
         });
     }
     found
+}
+
+/// Deletes a killed run's kind cluster and its network; says what happened.
+fn reap_kind_cluster(c: &KindCluster) -> String {
+    let path = std::ffi::OsString::from(&c.path);
+    let (Some(kind), Some(docker)) = (
+        crate::cluster::find_on_path("kind", &path),
+        crate::cluster::find_on_path("docker", &path),
+    ) else {
+        return format!(
+            "kind cluster {} not deleted: kind or docker is gone from {}",
+            c.name, c.path
+        );
+    };
+    // The engine the run used: its DOCKER_HOST, for kind and docker alike.
+    let problems =
+        crate::cluster::kind::delete_cluster(&kind, &docker, &c.name, c.docker_host.as_deref());
+    if problems.is_empty() {
+        format!("kind cluster {} deleted", c.name)
+    } else {
+        format!(
+            "kind cluster {} not deleted: {}",
+            c.name,
+            problems.join("; ")
+        )
+    }
 }
 
 #[cfg(test)]

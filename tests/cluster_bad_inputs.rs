@@ -30,7 +30,7 @@ fn local_provider_with_an_incomplete_binary_folder() {
         bin_dir: dir.path().into(),
         ..LocalConfig::default()
     })
-    .start()
+    .start(None)
     .unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -52,7 +52,7 @@ fn local_provider_with_its_port_taken() {
         apiserver_port: Some(port),
         ..LocalConfig::default()
     })
-    .start()
+    .start(None)
     .unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -68,7 +68,7 @@ fn kubeconfig_provider_without_kubectl() {
     fs::write(&kc, "apiVersion: v1\nkind: Config\n").unwrap();
     let mut c = KubeconfigConfig::new(kc);
     c.bin_dir = dir.path().join("bin");
-    let e = ControlPlaneConfig::Kubeconfig(c).start().unwrap_err();
+    let e = ControlPlaneConfig::Kubeconfig(c).start(None).unwrap_err();
     assert_eq!(
         e.to_string(),
         format!(
@@ -84,7 +84,7 @@ fn kubeconfig_provider_with_a_missing_file() {
     let e = "kubeconfig=/nonexistent/admin.conf"
         .parse::<ControlPlaneConfig>()
         .unwrap()
-        .start()
+        .start(None)
         .unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -124,7 +124,7 @@ fn kubeconfig_provider_refuses_a_server_the_vm_cannot_reach_and_a_bad_ca() {
     let kc = kubeconfig_with(dir.path(), "https://192.0.2.10:6443", &ca);
     let mut c = KubeconfigConfig::new(kc);
     c.bin_dir = bin.clone();
-    let e = ControlPlaneConfig::Kubeconfig(c).start().unwrap_err();
+    let e = ControlPlaneConfig::Kubeconfig(c).start(None).unwrap_err();
     assert_eq!(
         e.to_string(),
         "kubeconfig provider: API server https://192.0.2.10:6443 is not on this host's loopback; the VM reaches only forwarded loopback ports"
@@ -134,7 +134,7 @@ fn kubeconfig_provider_refuses_a_server_the_vm_cannot_reach_and_a_bad_ca() {
     let kc = kubeconfig_with(dir.path(), "https://127.0.0.1:6443", "bm90IGEgY2VydA==");
     let mut c = KubeconfigConfig::new(kc.clone());
     c.bin_dir = bin;
-    let e = ControlPlaneConfig::Kubeconfig(c).start().unwrap_err();
+    let e = ControlPlaneConfig::Kubeconfig(c).start(None).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.starts_with(&format!(

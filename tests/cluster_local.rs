@@ -35,7 +35,7 @@ fn testbed_direct() -> PathBuf {
 fn start_local() -> ControlPlane {
     let t = Instant::now();
     let cp = ControlPlaneConfig::Local(LocalConfig::default())
-        .start()
+        .start(None)
         .unwrap_or_else(|e| panic!("local control plane: {e}"));
     eprintln!(
         "local control plane up in {:?} (API on 127.0.0.1:{}, guest {})",
@@ -187,7 +187,7 @@ fn bad_join_expired_token() {
     // the Secret before the controller manager's token cleaner deletes it once expired
     // (1 s was not, on a loaded host).
     let kc = ControlPlaneConfig::Kubeconfig(KubeconfigConfig::new(cp.kubeconfig().to_owned()))
-        .start()
+        .start(None)
         .unwrap();
     let short = kc.create_token(Duration::from_secs(5)).unwrap();
     let secret = cp
@@ -356,7 +356,7 @@ fn image_v1_joins_the_local_provider_then_the_kubeconfig_provider() {
         .unwrap();
     assert!(out.success(), "kubeadm reset: {}{}", out.stdout, out.stderr);
     let kc = ControlPlaneConfig::Kubeconfig(KubeconfigConfig::new(cp.kubeconfig().to_owned()))
-        .start()
+        .start(None)
         .unwrap_or_else(|e| panic!("kubeconfig provider: {e}"));
     assert_eq!(kc.provider, ProviderKind::Kubeconfig);
     assert_eq!(kc.ca_hash, cp.ca_hash);

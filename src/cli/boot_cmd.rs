@@ -175,12 +175,22 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     let control_plane = match args.control_plane.as_deref() {
         None => None,
         Some("auto") => {
-            let (c, why) = ControlPlaneConfig::auto(&cluster::provider::env_path());
+            // boot's VM is on QEMU's user network: kind, which joins the run's own
+            // network, is not a choice here.
+            let (c, why) = (
+                ControlPlaneConfig::Local(cluster::LocalConfig::default()),
+                "auto: local (nodegate boot joins local or kubeconfig control planes)",
+            );
             tell!("nodegate: notice: control plane {why}");
             Some(c)
         }
         Some(p) => Some(p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?),
     };
+    if matches!(control_plane, Some(ControlPlaneConfig::Kind(_))) {
+        return Err(CliError::Usage(
+            "nodegate boot joins local or kubeconfig control planes; kind joins the nodes of a run (nodegate run --control-plane kind), on the run's own network".into(),
+        ));
+    }
     let control_plane = control_plane.map(|mut c| {
         if let ControlPlaneConfig::Local(l) = &mut c {
             l.state_dir
@@ -190,7 +200,7 @@ pub fn boot(args: BootArgs) -> Result<i32, CliError> {
     });
     // The control plane comes first: the VM is started with a forward to its API server.
     let control_plane = match control_plane {
-        Some(c) => Some(c.start()?),
+        Some(c) => Some(c.start(None)?),
         None => None,
     };
     if let Some(cp) = &control_plane {

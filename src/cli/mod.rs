@@ -61,7 +61,7 @@ enum Command {
     /// Verify, boot, join and run the conformance suites; write JUnit and JSON reports.
     Run(Box<run_cmd::RunArgs>),
     /// Show what this machine can do (QEMU, KVM, firmware, control planes, memory, disk).
-    Doctor,
+    Doctor(tool_cmds::DoctorArgs),
     /// Work with reports.
     #[command(subcommand)]
     Report(tool_cmds::ReportCommand),
@@ -167,7 +167,7 @@ pub fn main() -> i32 {
         Command::Digest(args) => image_cmds::digest(args),
         Command::Boot(args) => boot_cmd::boot(*args),
         Command::Run(args) => run_cmd::run(*args),
-        Command::Doctor => tool_cmds::doctor(),
+        Command::Doctor(args) => tool_cmds::doctor(&args),
         Command::Report(cmd) => tool_cmds::report(cmd),
         Command::Evidence(cmd) => tool_cmds::evidence(cmd),
         Command::Suites(cmd) => tool_cmds::suites(cmd),

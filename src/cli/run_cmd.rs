@@ -66,10 +66,13 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     suite: Vec<String>,
-    /// Control plane: auto (local: the provider proven here; kind only by name), kind,
-    /// local, local=BIN_DIR or kubeconfig=PATH.
+    /// Control plane: auto (kind where a probe shows it runs here with --kind-image, else
+    /// local), kind, local, local=BIN_DIR or kubeconfig=PATH.
     #[arg(long, value_name = "PROVIDER", default_value = "auto")]
     control_plane: String,
+    /// The kind node image (default: kind's own); a local image is used as is.
+    #[arg(long, value_name = "IMAGE", value_parser = parse_image_ref)]
+    kind_image: Option<String>,
     /// Accelerator: auto probes KVM and falls back to TCG.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
@@ -204,13 +207,19 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     check_suite_names(&defs, &selection)?;
     let (control_plane, control_plane_reason) = match args.control_plane.as_str() {
         "auto" => {
-            let (c, why) = ControlPlaneConfig::auto(&cluster::provider::env_path());
+            let (c, why) = ControlPlaneConfig::auto(
+                &cluster::provider::env_path(),
+                args.kind_image.as_deref(),
+            );
             (c, Some(why))
         }
-        p => (
-            p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?,
-            None,
-        ),
+        p => {
+            let mut c = p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?;
+            if let ControlPlaneConfig::Kind(k) = &mut c {
+                k.image = args.kind_image.clone();
+            }
+            (c, None)
+        }
     };
     let evidence = match (&args.evidence, &args.evidence_key) {
         (Some(path), Some(key)) => Some(crate::evidence::EvidenceConfig {
@@ -277,4 +286,21 @@ fn check_suite_names(defs: &[suite::SuiteDef], selection: &Selection) -> Result<
         }
     }
     Ok(())
+}
+
+/// A container image reference as docker takes it: `[host[:port]/]path[:tag][@digest]`,
+/// nothing that could read as an option or carry whitespace.
+pub(super) fn parse_image_ref(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with(['-', '/', ':', '@', '.'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a container image reference (name[:tag], letters, digits and ._-/:@)"
+        ))
+    }
 }

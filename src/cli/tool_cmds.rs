@@ -153,8 +153,16 @@ pub fn report(cmd: ReportCommand) -> Result<i32, CliError> {
     }
 }
 
-pub fn doctor() -> Result<i32, CliError> {
-    let findings = crate::doctor::diagnose();
+/// `nodegate doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The kind node image the kind probe tries (as `nodegate run --kind-image`).
+    #[arg(long, value_name = "IMAGE", value_parser = super::run_cmd::parse_image_ref)]
+    kind_image: Option<String>,
+}
+
+pub fn doctor(args: &DoctorArgs) -> Result<i32, CliError> {
+    let findings = crate::doctor::diagnose(args.kind_image.as_deref());
     let width = findings.iter().map(|f| f.item.len()).max().unwrap_or(0);
     let mut can_run = true;
     for f in &findings {

@@ -210,6 +210,9 @@ pub enum ClusterError {
     /// SSH to the node failed.
     #[error(transparent)]
     Ssh(#[from] crate::ssh::SshError),
+    /// This machine cannot run kind (found before anything was created).
+    #[error("kind provider: {0}")]
+    KindUnusable(Box<kind::KindUnusable>),
     /// SIGINT or SIGTERM.
     #[error("interrupted while waiting for {0}")]
     Interrupted(String),
@@ -228,6 +231,7 @@ impl ClusterError {
             | ClusterError::TokenUnknown { .. }
             | ClusterError::NodeExists { .. } => exit::BAD_INPUT,
             ClusterError::Interrupted(_) => exit::INTERRUPTED,
+            ClusterError::KindUnusable(e) => e.exit_code(),
             ClusterError::MissingTool { .. }
             | ClusterError::IncompleteBinDir { .. }
             | ClusterError::NotLoopback { .. }

@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use super::kubeconfig::{self, KubeconfigConfig};
 use super::local::{self, LocalConfig};
 use super::token::BootstrapToken;
 use super::{find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
+use crate::network::RunNetwork;
 use crate::process::ProcessGroup;
 use crate::vm::GuestForward;
 
@@ -48,20 +48,29 @@ pub enum ControlPlaneConfig {
 }
 
 impl ControlPlaneConfig {
-    /// What `--control-plane auto` picks, and why: only a provider nodegate has proven
-    /// to work. That is the local control plane; kind is used when asked for by name
-    /// (`--control-plane kind`), since nothing here probes that it really runs.
-    pub fn auto(path: &std::ffi::OsStr) -> (ControlPlaneConfig, String) {
-        let why = if find_on_path("kind", path).is_some() && find_on_path("docker", path).is_some()
-        {
-            "auto: local (kind and docker are installed, but kind is used only when asked for by name: no probe shows it works here)"
-        } else {
-            "auto: local (the only provider proven on this machine)"
+    /// What `--control-plane auto` picks, and why: kind when [`kind::probe`] shows this
+    /// machine really runs it with `kind_image` (or kind's default image), the local
+    /// control plane otherwise.
+    pub fn auto(path: &std::ffi::OsStr, kind_image: Option<&str>) -> (ControlPlaneConfig, String) {
+        let local = |why: String| (ControlPlaneConfig::Local(LocalConfig::default()), why);
+        if find_on_path("kind", path).is_none() || find_on_path("docker", path).is_none() {
+            return local("auto: local (kind or docker is not on PATH)".into());
+        }
+        let config = KindConfig {
+            image: kind_image.map(String::from),
+            path: Some(path.to_owned()),
+            ..KindConfig::default()
         };
-        (
-            ControlPlaneConfig::Local(LocalConfig::default()),
-            why.into(),
-        )
+        match kind::probe(&config) {
+            Ok(p) => (
+                ControlPlaneConfig::Kind(KindConfig {
+                    image: Some(p.image.clone()),
+                    ..config
+                }),
+                format!("auto: kind (probe: {})", p.describe()),
+            ),
+            Err(e) => local(format!("auto: local (kind probe: {e})")),
+        }
     }
 
     /// The provider.
@@ -73,11 +82,12 @@ impl ControlPlaneConfig {
         }
     }
 
-    /// Starts (or attaches to) the control plane. Local processes are tied to the
-    /// calling thread (they get SIGKILL if it dies): call this from a long-lived thread.
-    pub fn start(&self) -> Result<ControlPlane, ClusterError> {
+    /// Starts (or attaches to) the control plane; kind wires its node into `net`, the
+    /// run's network. Local processes are tied to the calling thread (they get SIGKILL if
+    /// it dies): call this from a long-lived thread.
+    pub fn start(&self, net: Option<&RunNetwork>) -> Result<ControlPlane, ClusterError> {
         match self {
-            ControlPlaneConfig::Kind(c) => kind::start(c),
+            ControlPlaneConfig::Kind(c) => kind::start(c, net),
             ControlPlaneConfig::Local(c) => local::start(c),
             ControlPlaneConfig::Kubeconfig(c) => kubeconfig::attach(c),
         }
@@ -117,10 +127,12 @@ pub(crate) enum Teardown {
     Nothing,
     /// Stop these components, last first.
     Processes(Vec<ProcessGroup>),
-    /// `kind delete cluster --name NAME`.
+    /// `kind delete cluster --name NAME`, then its docker network.
     KindCluster {
         /// The kind binary.
         kind: PathBuf,
+        /// The docker CLI.
+        docker: PathBuf,
         /// The cluster.
         name: String,
     },
@@ -210,12 +222,10 @@ impl Drop for ControlPlane {
                     g.terminate();
                 }
             }
-            Teardown::KindCluster { kind, name } => {
-                let _ = crate::process::run_bounded(
-                    Command::new(kind).args(["delete", "cluster", "--name", &name]),
-                    None,
-                    Duration::from_secs(120),
-                );
+            Teardown::KindCluster { kind, docker, name } => {
+                for problem in kind::delete_cluster(&kind, &docker, &name, None) {
+                    eprintln!("nodegate: teardown: {problem}");
+                }
             }
         }
     }
@@ -245,20 +255,28 @@ mod tests {
     }
 
     #[test]
-    fn auto_picks_local_even_where_kind_and_docker_exist() {
+    fn auto_picks_local_without_kind_or_with_a_kind_that_fails_its_probe() {
         let empty = tempfile::tempdir().unwrap();
-        let (c, why) = ControlPlaneConfig::auto(empty.path().as_os_str());
+        let (c, why) = ControlPlaneConfig::auto(empty.path().as_os_str(), None);
         assert_eq!(c.kind(), ProviderKind::Local);
-        assert!(why.starts_with("auto: local"), "{why}");
+        assert_eq!(why, "auto: local (kind or docker is not on PATH)");
+        // A kind too old to drive: the probe says so and auto keeps to local.
         let bin = tempfile::tempdir().unwrap();
-        for tool in ["kind", "docker"] {
+        for (tool, body) in [
+            ("kind", "echo 'kind v0.9.0 go1.15 linux/amd64'"),
+            ("docker", "exit 1"),
+        ] {
             let p = bin.path().join(tool);
-            std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let (c, why) = ControlPlaneConfig::auto(bin.path().as_os_str());
+        let (c, why) = ControlPlaneConfig::auto(bin.path().as_os_str(), Some("x"));
         assert_eq!(c.kind(), ProviderKind::Local);
-        assert!(why.contains("only when asked for by name"), "{why}");
+        assert!(why.starts_with("auto: local (kind probe: "), "{why}");
+        assert!(
+            why.contains("kind v0.9.0 go1.15 linux/amd64 is not supported"),
+            "{why}"
+        );
     }
 }

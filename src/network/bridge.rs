@@ -27,6 +27,8 @@ use crate::wait::{wait_until, Poll};
 
 /// The bridge's own address: the nodes' gateway.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// The nodes' segment, the gateway's /24.
+const SEGMENT: &str = "10.0.2.0/24";
 /// The first node's last octet (slot 0).
 const FIRST_NODE: u8 = 15;
 /// Nodes on one run network at once (10.0.2.15-31, the user network's DHCP range).
@@ -252,6 +254,57 @@ impl RunNetwork {
     /// A dialer into the namespace.
     pub fn dialer(&self) -> Dialer {
         Dialer::Namespace(self.ns.clone())
+    }
+
+    /// Makes `addr` (a service address the nodes dial, such as the API server's) the
+    /// address of another namespace, `peer` (a kind node's), over a veth pair: `addr` is
+    /// given to the peer's end, routed to it from the bridge (proxy ARP answers for it
+    /// there), and the peer routes the nodes' segment back through the gateway. The pair
+    /// goes when either namespace goes. `peer_pid` is a process inside `peer`.
+    pub fn attach_peer(
+        &self,
+        peer: &Namespace,
+        peer_pid: u32,
+        addr: Ipv4Addr,
+    ) -> Result<(), NamespaceError> {
+        let (here, there) = ("ngpeer0", "ngpeer1");
+        let gw = GATEWAY.to_string();
+        self.ns.ip(&[
+            "link",
+            "add",
+            here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            there,
+            "netns",
+            &peer_pid.to_string(),
+        ])?;
+        self.ns.ip(&["link", "set", here, "up"])?;
+        self.ns.ip(&[
+            "route",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            here,
+            "src",
+            &gw,
+        ])?;
+        self.ns
+            .within(|| fs::write(format!("/proc/sys/net/ipv4/conf/{BRIDGE}/proxy_arp"), "1"))?
+            .map_err(|e| NamespaceError::Tool {
+                tool: "sysctl",
+                args: format!("net.ipv4.conf.{BRIDGE}.proxy_arp=1"),
+                detail: e.to_string(),
+            })?;
+        let a = addr.to_string();
+        peer.ip(&["addr", "add", &format!("{a}/32"), "dev", there])?;
+        peer.ip(&["link", "set", there, "up"])?;
+        peer.ip(&[
+            "route", "add", SEGMENT, "via", &gw, "dev", there, "onlink", "src", &a,
+        ])?;
+        Ok(())
     }
 
     /// A tap for a new node on the bridge, in the lowest free slot.

@@ -89,6 +89,14 @@ impl Namespace {
         Ok(ns)
     }
 
+    /// Holds the namespace of process `pid` (a container's, say): it lives on at least
+    /// as long as this guard, and is not destroyed by it.
+    pub fn of_process(pid: u32) -> Result<Namespace, NamespaceError> {
+        let fd = File::open(format!("/proc/{pid}/ns/net")).map_err(NamespaceError::Enter)?;
+        let inode = fd.metadata().map_err(NamespaceError::Enter)?.ino();
+        Ok(Namespace { fd, inode })
+    }
+
     /// The namespace's inode: what `/proc/PID/ns/net` of a process inside links to
     /// (`net:[INODE]`).
     pub fn inode(&self) -> u64 {

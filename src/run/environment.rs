@@ -182,7 +182,11 @@ impl<'c> NodeEnvironment<'c> {
         }
         if self.network.is_none() {
             let api: Ipv4Addr = cluster::GUEST_API_ADDR.parse().expect("an IPv4 address");
-            let services: Vec<Ipv4Addr> = std::iter::once(api)
+            // kind's API server gets that address itself, in its own namespace.
+            let local_api = self.config.control_plane.kind() != ProviderKind::Kind;
+            let services: Vec<Ipv4Addr> = local_api
+                .then_some(api)
+                .into_iter()
                 .chain(self.config.profile.agent.as_ref().map(|a| a.guest_addr.0))
                 .collect();
             let dir = self.rundir.path().join("network");
@@ -202,6 +206,22 @@ impl<'c> NodeEnvironment<'c> {
         }
         let mut cfg = self.config.control_plane.clone();
         let dialer = self.run_network()?.map(|n| n.dialer());
+        if let ControlPlaneConfig::Kind(k) = &mut cfg {
+            // Named before it exists and noted in the run's record: a killed run's cluster
+            // is found and deleted by the next run (rundir::reap).
+            let name = k
+                .cluster
+                .get_or_insert_with(|| format!("nodegate-{}", &self.run_id[..10]))
+                .clone();
+            k.state_dir
+                .get_or_insert_with(|| self.rundir.path().join("control-plane"));
+            if !k.reuse && !k.keep {
+                self.rundir.note_kind_cluster(
+                    &k.path.clone().unwrap_or_else(cluster::provider::env_path),
+                    &name,
+                );
+            }
+        }
         if let ControlPlaneConfig::Local(l) = &mut cfg {
             // PKI and etcd data in the run's folder: reaped if nodegate is killed.
             l.state_dir
@@ -214,13 +234,14 @@ impl<'c> NodeEnvironment<'c> {
             }
         }
         let reason = self.config.control_plane_reason.clone();
+        let net = self.network.as_ref();
         let r = phase(
             emit,
             Phase::ControlPlane,
             cfg.kind().to_string(),
             None,
             |emit| {
-                let cp = cfg.start().map_err(|e| {
+                let cp = cfg.start(net).map_err(|e| {
                     stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string())
                 })?;
                 emit(Event::Property {

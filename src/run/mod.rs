@@ -455,7 +455,7 @@ pub fn execute(
     // The network is decided before anything starts: a bridge that was asked for and
     // cannot be had stops the run here, with one line.
     let outside = match config.control_plane.kind() {
-        ProviderKind::Local => None,
+        ProviderKind::Local | ProviderKind::Kind => None,
         other => Some(other.to_string()),
     };
     let network = config

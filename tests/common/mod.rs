@@ -15,6 +15,7 @@ pub fn junit_skipped(r: &quick_junit::Report) -> usize {
     r.test_suites.iter().map(|s| s.skipped).sum()
 }
 pub mod junit_rules;
+pub mod kind_bed;
 
 /// The absolute path of `rel` in this repository (suites, profiles, test data).
 pub fn repo(rel: &str) -> String {

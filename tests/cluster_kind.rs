@@ -127,3 +127,221 @@ fn two_kind_clusters_at_once_each_on_its_own_run_network_and_nothing_left_after(
         "{containers}"
     );
 }
+
+/// `nodegate run --control-plane kind` on image v1 with `extra` arguments and `env`
+/// added to the test bed's kind environment; the probe stops it before anything starts.
+fn kind_run(bed: &KindBed, extra: &[&str], env: &[(&str, String)]) -> common::Run {
+    let signed = common::testbed("signed", "trust");
+    let (manifest, trust) = (
+        signed.join("v1-direct/node.manifest.json"),
+        signed.join("trust"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "run".to_string(),
+        "--manifest".into(),
+        manifest.display().to_string(),
+        "--trust".into(),
+        trust.display().to_string(),
+        "--profile".into(),
+        common::repo("profiles/debian-fixture.toml"),
+        "--suites".into(),
+        common::repo("suites"),
+        "--suite".into(),
+        "kubelet".into(),
+        "--control-plane".into(),
+        "kind".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut all: Vec<(&str, String)> = bed.env();
+    for (k, v) in env {
+        all.retain(|(key, _)| key != k);
+        all.push((k, v.clone()));
+    }
+    let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::run_env(&args, dir.path(), &env)
+}
+
+/// Exactly one line on stderr, with `needle` in it; nothing on stdout.
+fn assert_one_line(r: &common::Run, code: i32, needle: &str) {
+    assert_eq!(r.code, code, "{}{}", r.stdout, r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains(needle),
+        "{needle:?} not in {:?}",
+        lines[0]
+    );
+    assert!(r.stdout.trim().is_empty(), "{}", r.stdout);
+}
+
+/// A tiny image in `docker import`'s input format: busybox, and `/kind/version` holding
+/// `version` if given.
+fn busybox_tar(dir: &Path, version: Option<&str>) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let busybox = root.join("bin/busybox");
+    std::fs::copy("/bin/busybox", &busybox).unwrap();
+    for a in ["sh", "cat", "true"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    if let Some(v) = version {
+        std::fs::create_dir_all(root.join("kind")).unwrap();
+        std::fs::write(root.join("kind/version"), v).unwrap();
+    }
+    let tar = dir.join("image.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
+}
+
+#[test]
+fn a_machine_that_cannot_run_kind_is_one_line_before_anything_starts() {
+    let bed = kind_bed();
+    let before = bed.clusters();
+
+    // No engine where DOCKER_HOST points.
+    let none = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}/docker.sock", none.path().display());
+    let r = kind_run(
+        &bed,
+        &["--kind-image", &bed.image],
+        &[("DOCKER_HOST", sock.clone())],
+    );
+    assert_one_line(
+        &r,
+        5,
+        &format!("kind provider: no Docker engine answers DOCKER_HOST={sock}"),
+    );
+
+    // A kind too old to drive, found first on PATH.
+    let old = tempfile::tempdir().unwrap();
+    let fake = old.path().join("kind");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'kind v0.9.0 go1.15.2 linux/amd64'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = kind_run(
+        &bed,
+        &["--kind-image", &bed.image],
+        &[("PATH", format!("{}:{}", old.path().display(), bed.path()))],
+    );
+    assert_one_line(
+        &r,
+        5,
+        "kind v0.9.0 go1.15.2 linux/amd64 is not supported (nodegate needs kind v0.20 or later",
+    );
+
+    // An image that is not a kind node image: bad input.
+    let work = tempfile::tempdir().unwrap();
+    let tar = busybox_tar(work.path(), None);
+    let tag = "nodegate.local/not-a-kind-node:1";
+    bed.docker(&["import", &tar.display().to_string(), tag]);
+    let r = kind_run(&bed, &["--kind-image", tag], &[]);
+    assert_one_line(
+        &r,
+        3,
+        &format!("kind provider: node image {tag} is not a kind node image: no Kubernetes version in /kind/version"),
+    );
+    // An image nobody has, on a machine that cannot pull.
+    let r = kind_run(&bed, &["--kind-image", "nodegate.local/absent:1"], &[]);
+    assert_one_line(
+        &r,
+        5,
+        "node image nodegate.local/absent:1: not in the Docker engine and not pullable",
+    );
+    assert_eq!(bed.clusters(), before, "a failed probe created a cluster");
+}
+
+/// A second dockerd of the test's own, in a namespace of its own, started with a
+/// capability bounding set that lacks CAP_SYS_RESOURCE (`setpriv`): privileged containers
+/// fail there on any host, as on this sandbox without the runtime adjustment.
+struct BareEngine {
+    _dockerd: nodegate::process::ProcessGroup,
+    _ns: nodegate::network::Namespace,
+    dir: tempfile::TempDir,
+}
+
+impl BareEngine {
+    fn start(bed: &KindBed) -> BareEngine {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = nodegate::network::Namespace::create().unwrap();
+        let d = dir.path();
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--bounding-set", "-sys_resource", "--"])
+            .arg(bed.bin.join("dockerd"))
+            .arg(format!("--host=unix://{}/docker.sock", d.display()))
+            .arg(format!("--data-root={}/data", d.display()))
+            .arg(format!("--exec-root={}/exec", d.display()))
+            .arg(format!("--pidfile={}/dockerd.pid", d.display()))
+            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .env("PATH", bed.path())
+            .stdout(std::fs::File::create(d.join("dockerd.log")).unwrap())
+            .stderr(std::fs::File::create(d.join("dockerd.err")).unwrap());
+        ns.enter(&mut cmd);
+        let dockerd = nodegate::process::ProcessGroup::spawn("dockerd", &mut cmd).unwrap();
+        let engine = BareEngine {
+            _dockerd: dockerd,
+            _ns: ns,
+            dir,
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while !engine.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the bare dockerd did not answer: {}",
+                std::fs::read_to_string(engine.dir.path().join("dockerd.err")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        engine
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(kind_bed().bin.join("docker"))
+            .env("DOCKER_HOST", self.host())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn an_engine_that_cannot_run_privileged_containers_is_named_with_the_reason() {
+    let bed = kind_bed();
+    let engine = BareEngine::start(&bed);
+    let work = tempfile::tempdir().unwrap();
+    let tar = busybox_tar(work.path(), Some("v1.20.2\n"));
+    let tag = "nodegate.local/tiny-kind-node:1";
+    let o = engine.docker(&["import", &tar.display().to_string(), tag]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = kind_run(
+        &bed,
+        &["--kind-image", tag],
+        &[("DOCKER_HOST", engine.host())],
+    );
+    assert_one_line(
+        &r,
+        5,
+        &format!(
+            "kind provider: the Docker engine at DOCKER_HOST={} cannot run a privileged container",
+            engine.host()
+        ),
+    );
+    assert!(r.stderr.contains("apply caps"), "{}", r.stderr);
+}

@@ -1192,8 +1192,8 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     let short = profile.replace("join = \"600s\"", "join = \"120s\"");
     assert_ne!(short, profile, "the profile's join budget moved");
     std::fs::write(o.path("profile.toml"), short).unwrap();
-    // kind and docker on PATH (stand-ins that answer): `auto` still picks the local
-    // control plane, the one proven here, and says why.
+    // kind and docker on PATH (stand-ins that answer nothing a kind would): `auto` probes
+    // kind, keeps to the local control plane, and says why.
     let bin = o.path("stub-bin");
     std::fs::create_dir_all(&bin).unwrap();
     for tool in ["kind", "docker"] {
@@ -1249,11 +1249,11 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     let c = check_in(&json, "id", "kubelet::kubectl_reaches_pod");
     assert_eq!(c["status"], "not-run", "{c}");
     let why = json["properties"]["control_plane.reason"].as_str().unwrap();
-    assert!(why.contains("only when asked for by name"), "{why}");
-    assert!(
-        !bin.join("calls").exists(),
-        "kind and docker were not even asked"
-    );
+    assert!(why.starts_with("auto: local (kind probe: "), "{why}");
+    assert!(why.contains("is not supported"), "{why}");
+    let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+    assert!(calls.ends_with("kind version\n"), "{calls}");
+    assert!(!calls.contains("create"), "{calls}");
     assert_eq!(json["verdict"], "failed");
     assert_eq!(json["stop"]["kind"], "node");
     assert_eq!(json["stop"]["phase"], "join");

@@ -216,9 +216,15 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         p => {
             let mut c = p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?;
             if let ControlPlaneConfig::Kind(k) = &mut c {
+                // Before anything starts: a machine that cannot run kind, or an image
+                // that is not a kind node image, is one line and its exit code.
                 k.image = args.kind_image.clone();
+                let probe = cluster::kind::probe(k)?;
+                k.image = Some(probe.image.clone());
+                (c, Some(format!("asked for; probe: {}", probe.describe())))
+            } else {
+                (c, None)
             }
-            (c, None)
         }
     };
     let evidence = match (&args.evidence, &args.evidence_key) {
@@ -302,5 +308,34 @@ pub(super) fn parse_image_ref(s: &str) -> Result<String, String> {
         Err(format!(
             "{s:?} is not a container image reference (name[:tag], letters, digits and ._-/:@)"
         ))
+    }
+}
+
+#[cfg(test)]
+mod image_ref_tests {
+    use super::parse_image_ref;
+
+    #[test]
+    fn image_references_are_names_never_options_or_shell() {
+        for ok in [
+            "nodegate.local/kind-node:v1.20.2-385652acedc2",
+            "kindest/node:v1.32.2@sha256:f226345927d7e348497136874b6d207e0b32cc52154ad8323129352923a3142f",
+            "registry.example:5000/team/node:1",
+        ] {
+            assert_eq!(parse_image_ref(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "--privileged",
+            "-v/:/host",
+            "a b",
+            "x;rm -rf /",
+            "/abs",
+            "$(id)",
+            "x\ny",
+        ] {
+            let e = parse_image_ref(bad).unwrap_err();
+            assert!(e.contains("is not a container image reference"), "{e}");
+        }
     }
 }

@@ -211,7 +211,7 @@ impl<'c> NodeEnvironment<'c> {
             // is found and deleted by the next run (rundir::reap).
             let name = k
                 .cluster
-                .get_or_insert_with(|| format!("nodegate-{}", &self.run_id[..10]))
+                .get_or_insert_with(|| format!("nodegate-{}", self.run_id))
                 .clone();
             k.state_dir
                 .get_or_insert_with(|| self.rundir.path().join("control-plane"));

@@ -1,0 +1,100 @@
+//! `nodegate run --control-plane kind` end to end on the test bed: the full flow of image
+//! v1 (two nodes, every suite, the hot upgrade) against a real kind cluster of the run's
+//! own (fixtures/kind), and nothing of the cluster left afterwards. Every check that
+//! passes on the local control plane (tests/run_vm.rs) passes here.
+
+mod common;
+
+use common::kind_bed::kind_bed;
+
+#[test]
+fn the_full_flow_passes_on_two_nodes_of_image_v1_with_a_kind_control_plane() {
+    let bed = kind_bed();
+    let before = common::host_network();
+    let clusters_before = bed.clusters();
+    let networks_before = bed.networks();
+    let dir = tempfile::tempdir().unwrap();
+    let signed = common::testbed("signed", "trust");
+    let p = |rel: &str| dir.path().join(rel).display().to_string();
+    let args = [
+        "run".to_string(),
+        "--manifest".into(),
+        signed
+            .join("v1-direct/node.manifest.json")
+            .display()
+            .to_string(),
+        "--trust".into(),
+        signed.join("trust").display().to_string(),
+        "--profile".into(),
+        common::repo("profiles/debian-fixture.toml"),
+        "--suites".into(),
+        common::repo("suites"),
+        "--upgrade-bundle".into(),
+        signed
+            .join("bundle-v2/bundle.manifest.json")
+            .display()
+            .to_string(),
+        "--control-plane".into(),
+        "kind".into(),
+        "--kind-image".into(),
+        bed.image.clone(),
+        "--nodes".into(),
+        "2".into(),
+        "--accel".into(),
+        "tcg".into(),
+        "--junit".into(),
+        p("junit.xml"),
+        "--json".into(),
+        p("report.json"),
+        "--artifacts".into(),
+        p("artifacts"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = bed.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = common::run_env(&args, dir.path(), &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for ok in [
+        "phase control-plane ... ok",
+        "test kubelet::pinned_pod_runs ... ok",
+        "test kubelet::kubectl_reaches_pod ... ok",
+        "test kubelet::partition_not_ready_then_ready ... ok",
+        "test cluster::pods_across_nodes ... ok",
+        "test cluster::service_across_nodes ... ok",
+        "test hot-upgrade::in_place ... ok",
+        "test result: ok.",
+    ] {
+        assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["verdict"], "passed");
+    let props = &json["properties"];
+    assert_eq!(props["control_plane"], "kind");
+    assert_eq!(props["kubernetes.version"], "v1.20.2");
+    assert_eq!(props["network"], "bridge");
+    let why = props["control_plane.reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("asked for; probe: kind v0.27.0 with Docker 20.10.24"),
+        "{why}"
+    );
+    assert!(why.contains(&bed.image), "{why}");
+    // Every check ran and passed but the one image v1's profile does not ask for.
+    let checks = json["checks"].as_array().unwrap();
+    let not_passed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["status"] != "passed")
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(not_passed, ["integrity::secure_boot"], "{}", r.stdout);
+    assert_eq!(json["nodes"].as_object().unwrap().len(), 4);
+
+    // Nothing of the run's cluster is left: cluster, docker network, host network.
+    assert_eq!(bed.clusters(), clusters_before);
+    assert_eq!(bed.networks(), networks_before);
+    assert_eq!(
+        common::host_network(),
+        before,
+        "the host's namespace changed"
+    );
+}

@@ -344,4 +344,133 @@ fn an_engine_that_cannot_run_privileged_containers_is_named_with_the_reason() {
         ),
     );
     assert!(r.stderr.contains("apply caps"), "{}", r.stderr);
+    // doctor runs the same probe and says the same.
+    let line = doctor_kind_line(&bed, tag, &engine.host());
+    assert!(line.contains(" no "), "{line}");
+    assert!(line.contains("cannot run a privileged container"), "{line}");
+}
+
+/// `nodegate doctor --kind-image IMAGE`'s kind line, on the engine at `docker_host`.
+fn doctor_kind_line(bed: &KindBed, image: &str, docker_host: &str) -> String {
+    let mut env = bed.env();
+    env.retain(|(k, _)| *k != "DOCKER_HOST");
+    env.push(("DOCKER_HOST", docker_host.to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run_env(&["doctor", "--kind-image", image], dir.path(), &env);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    r.stdout
+        .lines()
+        .find(|l| l.starts_with("kind "))
+        .unwrap_or_else(|| panic!("no kind line: {}", r.stdout))
+        .to_string()
+}
+
+#[test]
+fn doctor_shows_the_kind_probe_and_the_engines_runtime() {
+    let bed = kind_bed();
+    let line = doctor_kind_line(&bed, &bed.image, &bed.docker_host);
+    assert!(line.contains(" ok "), "{line}");
+    assert!(
+        line.contains(&format!(
+            "kind v0.27.0 with Docker 20.10.24+dfsg1 (DOCKER_HOST={}",
+            bed.docker_host
+        )),
+        "{line}"
+    );
+    assert!(line.contains("(Kubernetes v1.20.2)"), "{line}");
+    // This sandbox lacks CAP_SYS_RESOURCE: the test bed's engine runs the adjusted runtime,
+    // and doctor says both. (On a host that has it, the engine's runtime is runc.)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    if bnd >> 24 & 1 == 0 {
+        assert!(line.contains("default runtime nodegate-runc"), "{line}");
+        assert!(line.contains("lacks CAP_SYS_RESOURCE"), "{line}");
+    } else {
+        assert!(line.contains("default runtime runc"), "{line}");
+        assert!(!line.contains("lacks CAP_SYS_RESOURCE"), "{line}");
+    }
+}
+
+#[test]
+fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
+    let bed = kind_bed();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let signed = common::testbed("signed", "trust");
+    let before = bed.clusters();
+    let mut child = common::nodegate()
+        .args(["run", "--manifest"])
+        .arg(signed.join("v1-direct/node.manifest.json"))
+        .arg("--trust")
+        .arg(signed.join("trust"))
+        .args(["--profile", &common::repo("profiles/debian-fixture.toml")])
+        .args(["--suites", &common::repo("suites"), "--suite", "kubelet"])
+        .args(["--control-plane", "kind", "--kind-image", &bed.image])
+        .env("NODEGATE_STATE", state.path())
+        .envs(bed.env())
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its cluster's node container exists (kind is creating it). The name is
+    // the one the run noted in its record (other tests make clusters at the same time).
+    let deadline = Instant::now() + std::time::Duration::from_secs(240);
+    let name = loop {
+        let noted = std::fs::read_dir(state.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("run.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .find_map(|r| r["kind_clusters"][0]["name"].as_str().map(String::from));
+        if let Some(n) = noted {
+            let containers = bed.docker(&["ps", "-a", "--format", "{{.Names}}"]);
+            if containers
+                .lines()
+                .any(|c| c == format!("{n}-control-plane"))
+            {
+                break n;
+            }
+        }
+        assert!(Instant::now() < deadline, "no kind node container appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "nodegate ended before its cluster appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(!before.contains(&name));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Let kind's own create, now orphaned, finish or fail: what it leaves is the case.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let r = common::run_env(
+        &["doctor"],
+        work.path(),
+        &[
+            ("NODEGATE_STATE", state.path().to_str().unwrap()),
+            ("DOCKER_HOST", &bed.docker_host),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let stale = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("stale runs"))
+        .unwrap_or_default();
+    assert!(
+        stale.contains(&format!("kind cluster {name} deleted")),
+        "{}",
+        r.stdout
+    );
+    assert!(!bed.clusters().contains(&name), "{:?}", bed.clusters());
+    assert!(!bed.networks().contains(&name), "{:?}", bed.networks());
+    let containers = bed.docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!containers.contains(&name), "{containers}");
 }

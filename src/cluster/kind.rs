@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::kubectl::{run_command, run_command_within, set_server};
-use super::local::adapt_cluster_info;
+use super::local::{adapt_cluster_info, grant_nodes_proxier};
 use super::provider::{env_path, ControlPlane, ProviderKind, Teardown};
 use super::{ca_cert_hash, find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
 use crate::network::{Namespace, RunNetwork};
@@ -552,6 +552,10 @@ pub fn start(config: &KindConfig, net: Option<&RunNetwork>) -> Result<ControlPla
     )?;
     let ca_hash = ca_cert_hash(&ca_pem)?;
     adapt_cluster_info(&kubectl, &format!("https://{guest_endpoint}"))?;
+    if created {
+        // kind's own kube-proxy is off (kubeProxyMode: none); the images bring theirs.
+        grant_nodes_proxier(&kubectl)?;
+    }
 
     guard.armed = false;
     let teardown = if created && !config.keep {

@@ -542,15 +542,7 @@ pub fn start(config: &LocalConfig) -> Result<ControlPlane, ClusterError> {
             .arg("--kubeconfig")
             .arg(&admin),
     )?;
-    // kube-proxy on the nodes runs with the node's own credentials (the image's unit):
-    // this cluster grants its nodes kube-proxy's role, as a provider's control plane does
-    // for the proxies it ships.
-    kubectl.create(&json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "nodegate:node-proxier"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
-    }))?;
+    grant_nodes_proxier(&kubectl)?;
     let guest_server = format!("https://{guest}:{port}");
     adapt_cluster_info(&kubectl, &guest_server)?;
 
@@ -614,6 +606,19 @@ impl Drop for Start<'_> {
             g.terminate();
         }
     }
+}
+
+/// kube-proxy on the nodes runs with the node's own credentials (the image's unit): a
+/// cluster nodegate makes grants its nodes kube-proxy's role, as a provider's control
+/// plane does for the proxies it ships.
+pub(crate) fn grant_nodes_proxier(kubectl: &Kubectl) -> Result<(), ClusterError> {
+    kubectl.create(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "nodegate:node-proxier"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
+    }))?;
+    Ok(())
 }
 
 /// Points the `cluster-info` ConfigMap's kubeconfig at `guest_server` (what joining nodes

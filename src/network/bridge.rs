@@ -349,6 +349,12 @@ impl RunNetwork {
 }
 
 impl NodeLink {
+    /// The ranges routed to this node at the gateway (its pod range, in a run of several
+    /// nodes).
+    pub fn routes(&self) -> &[String] {
+        &self.routes
+    }
+
     /// Brings the node's link down (`up == false`: a partition) or up again.
     pub fn set_up(&self, up: bool) -> Result<(), NamespaceError> {
         let state = if up { "up" } else { "down" };

@@ -461,8 +461,20 @@ pub fn pod_serves(
             || p["status"]["phase"] == "Failed"
     })?;
     let ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
-    let cidr = b.param("cidr");
-    attempt.note(format!("pod {} Running, IP {ip}", pod.name));
+    // The image's own CNI range (`cidr`), unless the run's network gave the node a range
+    // of the cluster's (a run of several nodes): then that one.
+    let routed = env.guest()?.link.and_then(|l| l.routes().first().cloned());
+    let cidr = routed.as_deref().unwrap_or(b.param("cidr")).to_string();
+    let cidr = cidr.as_str();
+    attempt.note(format!(
+        "pod {} Running, IP {ip} (expected in {cidr}: {})",
+        pod.name,
+        if routed.is_some() {
+            "the node's range on the run's network"
+        } else {
+            "the image's CNI range"
+        }
+    ));
     if !in_cidr(&ip, cidr) {
         return Err(Failure::mismatch(
             format!("pod {} on {node} got an IP outside the CNI range", pod.name),

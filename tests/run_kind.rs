@@ -1,14 +1,18 @@
-//! `nodegate run --control-plane kind` end to end on the test bed: the full flow of image
-//! v1 (two nodes, every suite, the hot upgrade) against a real kind cluster of the run's
-//! own (fixtures/kind), and nothing of the cluster left afterwards. Every check that
-//! passes on the local control plane (tests/run_vm.rs) passes here.
+//! `nodegate run --control-plane kind` end to end on the test bed: image v1 on two nodes
+//! against a real kind cluster of the run's own (fixtures/kind), every check of the suites
+//! whose outcome depends on the control plane (integrity's guest checks, containerd,
+//! kubelet with its destructive SIGKILL check, cluster), and nothing of the cluster left
+//! afterwards. The agent suite (it talks to nodegate's own endpoint, not to the cluster)
+//! and the hot upgrade run on the local control plane in CI (tests/run_vm.rs), to keep
+//! CI's wall time: `--suite all` on kind passes too (the closing note of issue 15 has the
+//! command and its figures).
 
 mod common;
 
 use common::kind_bed::kind_bed;
 
 #[test]
-fn the_full_flow_passes_on_two_nodes_of_image_v1_with_a_kind_control_plane() {
+fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster() {
     let bed = kind_bed();
     let before = common::host_network();
     let clusters_before = bed.clusters();
@@ -61,7 +65,7 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_a_kind_control_plane() {
         "test kubelet::partition_not_ready_then_ready ... ok",
         "test cluster::pods_across_nodes ... ok",
         "test cluster::service_across_nodes ... ok",
-        "test hot-upgrade::in_place ... ok",
+        "test kubelet::recovers_from_kill ... ok",
         "test result: ok.",
     ] {
         assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
@@ -87,7 +91,8 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_with_a_kind_control_plane() {
         .map(|c| c["id"].as_str().unwrap())
         .collect();
     assert_eq!(not_passed, ["integrity::secure_boot"], "{}", r.stdout);
-    assert_eq!(json["nodes"].as_object().unwrap().len(), 4);
+    // The two of the cluster and the SIGKILL check's own.
+    assert_eq!(json["nodes"].as_object().unwrap().len(), 3);
 
     // Nothing of the run's cluster is left: cluster, docker network, host network.
     assert_eq!(bed.clusters(), clusters_before);

@@ -204,6 +204,21 @@ pub fn run_bounded(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<CommandOutput, CommandError> {
+    run_until(cmd, stdin, timeout, interrupt::interrupted)
+}
+
+/// [`run_bounded`] for teardown (deleting what a run made): a first signal does not stop
+/// it, a second one does ([`interrupt::hurry`]).
+pub fn run_teardown(cmd: &mut Command, timeout: Duration) -> Result<CommandOutput, CommandError> {
+    run_until(cmd, None, timeout, interrupt::hurry)
+}
+
+fn run_until(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    stop: fn() -> bool,
+) -> Result<CommandOutput, CommandError> {
     let program = std::path::Path::new(cmd.get_program())
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -259,7 +274,7 @@ pub fn run_bounded(
                 return Err(CommandError::Spawn { program, source });
             }
         }
-        if interrupt::interrupted() {
+        if stop() {
             group.terminate();
             return Err(CommandError::Interrupted { program });
         }

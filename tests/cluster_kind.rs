@@ -396,13 +396,15 @@ fn doctor_shows_the_kind_probe_and_the_engines_runtime() {
     }
 }
 
-#[test]
-fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
-    let bed = kind_bed();
-    let state = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
+/// A `nodegate run --control-plane kind` on image v1 in the background, once the node
+/// container of its cluster exists (kind is creating it): the child and the cluster's
+/// name, as the run noted it in its record (other tests make clusters at the same time).
+fn kind_run_until_its_cluster_exists(
+    bed: &KindBed,
+    state: &Path,
+    work: &Path,
+) -> (std::process::Child, String) {
     let signed = common::testbed("signed", "trust");
-    let before = bed.clusters();
     let mut child = common::nodegate()
         .args(["run", "--manifest"])
         .arg(signed.join("v1-direct/node.manifest.json"))
@@ -411,18 +413,16 @@ fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
         .args(["--profile", &common::repo("profiles/debian-fixture.toml")])
         .args(["--suites", &common::repo("suites"), "--suite", "kubelet"])
         .args(["--control-plane", "kind", "--kind-image", &bed.image])
-        .env("NODEGATE_STATE", state.path())
+        .env("NODEGATE_STATE", state)
         .envs(bed.env())
-        .current_dir(work.path())
+        .current_dir(work)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once its cluster's node container exists (kind is creating it). The name is
-    // the one the run noted in its record (other tests make clusters at the same time).
     let deadline = Instant::now() + std::time::Duration::from_secs(240);
-    let name = loop {
-        let noted = std::fs::read_dir(state.path())
+    loop {
+        let noted = std::fs::read_dir(state)
             .into_iter()
             .flatten()
             .flatten()
@@ -435,7 +435,7 @@ fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
                 .lines()
                 .any(|c| c == format!("{n}-control-plane"))
             {
-                break n;
+                return (child, n);
             }
         }
         assert!(Instant::now() < deadline, "no kind node container appeared");
@@ -444,8 +444,31 @@ fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
             "nodegate ended before its cluster appeared"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    assert!(!before.contains(&name));
+    }
+}
+
+/// Neither the cluster nor its network nor its node container is there.
+fn assert_gone(bed: &KindBed, name: &str) {
+    assert!(
+        !bed.clusters().iter().any(|c| c == name),
+        "{:?}",
+        bed.clusters()
+    );
+    assert!(
+        !bed.networks().iter().any(|n| n == name),
+        "{:?}",
+        bed.networks()
+    );
+    let containers = bed.docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!containers.contains(name), "{containers}");
+}
+
+#[test]
+fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
+    let bed = kind_bed();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (mut child, name) = kind_run_until_its_cluster_exists(&bed, state.path(), work.path());
     child.kill().unwrap();
     child.wait().unwrap();
     // Let kind's own create, now orphaned, finish or fail: what it leaves is the case.
@@ -469,8 +492,20 @@ fn a_killed_runs_kind_cluster_is_found_and_deleted_by_the_next_nodegate() {
         "{}",
         r.stdout
     );
-    assert!(!bed.clusters().contains(&name), "{:?}", bed.clusters());
-    assert!(!bed.networks().contains(&name), "{:?}", bed.networks());
-    let containers = bed.docker(&["ps", "-a", "--format", "{{.Names}}"]);
-    assert!(!containers.contains(&name), "{containers}");
+    assert_gone(&bed, &name);
+}
+
+#[test]
+fn sigterm_while_kind_creates_the_cluster_deletes_it_before_nodegate_exits() {
+    let bed = kind_bed();
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (child, name) = kind_run_until_its_cluster_exists(&bed, state.path(), work.path());
+    // SAFETY: kill(2) on a child of ours that has not been reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert_gone(&bed, &name);
+    let left: Vec<_> = std::fs::read_dir(state.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
 }

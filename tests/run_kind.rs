@@ -1,11 +1,12 @@
 //! `nodegate run --control-plane kind` end to end on the test bed: image v1 on two nodes
-//! against a real kind cluster of the run's own (fixtures/kind), every check of the suites
-//! whose outcome depends on the control plane (integrity's guest checks, containerd,
-//! kubelet with its destructive SIGKILL check, cluster), and nothing of the cluster left
-//! afterwards. The agent suite (it talks to nodegate's own endpoint, not to the cluster)
-//! and the hot upgrade run on the local control plane in CI (tests/run_vm.rs), to keep
-//! CI's wall time: `--suite all` on kind passes too (the closing note of issue 15 has the
-//! command and its figures).
+//! against a real kind cluster of the run's own (fixtures/kind), the checks where the
+//! control plane is half of what is checked (the join and Ready, `kubectl logs`/`exec`/
+//! `port-forward` through the kubelet, a pod on the node's range, NotReady after a
+//! partition and Ready again, pods and Services across nodes, the peers' kubelet port),
+//! and nothing of the cluster left afterwards. The rest (the agent suite talks to
+//! nodegate's own endpoint; the destructive checks boot VMs of their own) runs on the
+//! local control plane in CI (tests/run_vm.rs), to keep CI's wall time: `--suite all` on
+//! kind passes too, 50 of 50 checks (docs/cluster.md has the command and its figures).
 
 mod common;
 
@@ -33,11 +34,10 @@ fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster(
         common::repo("profiles/debian-fixture.toml"),
         "--suites".into(),
         common::repo("suites"),
-        "--upgrade-bundle".into(),
-        signed
-            .join("bundle-v2/bundle.manifest.json")
-            .display()
-            .to_string(),
+        "--suite".into(),
+        "kubelet,cluster".into(),
+        "--skip".into(),
+        "kubelet::recovers_from_kill".into(),
         "--control-plane".into(),
         "kind".into(),
         "--kind-image".into(),
@@ -65,7 +65,7 @@ fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster(
         "test kubelet::partition_not_ready_then_ready ... ok",
         "test cluster::pods_across_nodes ... ok",
         "test cluster::service_across_nodes ... ok",
-        "test kubelet::recovers_from_kill ... ok",
+        "test kubelet::node_ready ... ok",
         "test result: ok.",
     ] {
         assert!(r.stdout.contains(ok), "{ok}: {}", r.stdout);
@@ -83,16 +83,18 @@ fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster(
         "{why}"
     );
     assert!(why.contains(&bed.image), "{why}");
-    // Every check ran and passed but the one image v1's profile does not ask for.
+    // Every selected check ran and passed.
     let checks = json["checks"].as_array().unwrap();
     let not_passed: Vec<&str> = checks
         .iter()
-        .filter(|c| c["status"] != "passed")
+        .filter(|c| ["failed", "flaky", "not-run"].contains(&c["status"].as_str().unwrap()))
         .map(|c| c["id"].as_str().unwrap())
         .collect();
-    assert_eq!(not_passed, ["integrity::secure_boot"], "{}", r.stdout);
-    // The two of the cluster and the SIGKILL check's own.
-    assert_eq!(json["nodes"].as_object().unwrap().len(), 3);
+    assert!(not_passed.is_empty(), "{not_passed:?}: {}", r.stdout);
+    let passed = checks.iter().filter(|c| c["status"] == "passed").count();
+    assert!(passed >= 20, "{passed} passed: {}", r.stdout);
+    assert!(!r.stdout.contains("test kubelet::recovers_from_kill ... ok"));
+    assert_eq!(json["nodes"].as_object().unwrap().len(), 2);
 
     // Nothing of the run's cluster is left: cluster, docker network, host network.
     assert_eq!(bed.clusters(), clusters_before);

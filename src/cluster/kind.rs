@@ -386,36 +386,64 @@ impl Drop for DeleteOnError {
 
 /// `kind delete cluster --name NAME` and `docker network rm NAME` (on the engine at
 /// `docker_host`, default the inherited one); what went wrong, if anything. Deleting a
-/// cluster that does not exist succeeds.
+/// cluster that does not exist succeeds. A first SIGINT/SIGTERM does not stop it (it is
+/// teardown); a second one does, and the cluster is named as left behind.
 pub fn delete_cluster(
     kind: &Path,
     docker: &Path,
     name: &str,
     docker_host: Option<&str>,
 ) -> Vec<String> {
-    let mut problems = Vec::new();
     let timeout = Duration::from_secs(120);
-    for (what, mut cmd) in [
-        ("kind delete cluster", {
-            let mut c = Command::new(kind);
-            c.args(["delete", "cluster", "--name", name]);
-            c
-        }),
-        ("docker network rm", {
-            let mut c = Command::new(docker);
-            c.args(["network", "rm", name]);
-            c
-        }),
-    ] {
+    let run = |args: &[&str], on: &Path| {
+        let mut c = Command::new(on);
+        c.args(args);
         if let Some(h) = docker_host {
-            cmd.env("DOCKER_HOST", h);
+            c.env("DOCKER_HOST", h);
         }
-        match crate::process::run_bounded(&mut cmd, None, timeout) {
+        crate::process::run_teardown(&mut c, timeout)
+    };
+    let label = format!("label=io.x-k8s.kind.cluster={name}");
+    let mut problems = Vec::new();
+    // A create cut short may still land a node container in the engine after kind is
+    // gone (the engine finishes a request its client left): delete until none is left.
+    let mut empty_before = false;
+    for round in 0..10 {
+        problems.clear();
+        match run(&["delete", "cluster", "--name", name], kind) {
             Ok(o) if o.status.success() => {}
-            Ok(o) if o.stderr_text().contains("No such network") => {}
-            Ok(o) => problems.push(format!("{what} {name}: {}", o.stderr_text().trim())),
-            Err(e) => problems.push(format!("{what} {name}: {e}")),
+            Ok(o) => problems.push(format!(
+                "kind delete cluster {name}: {}",
+                o.stderr_text().trim()
+            )),
+            Err(e) => {
+                problems.push(format!(
+                    "kind delete cluster {name}: {e}; left behind (delete it: kind delete cluster --name {name})"
+                ));
+                return problems;
+            }
         }
+        // Empty twice, a second apart: no request of a cut-short create is still landing.
+        let empty = matches!(
+            run(&["ps", "-a", "-q", "--filter", &label], docker),
+            Ok(o) if o.status.success() && o.stdout_text().trim().is_empty()
+        );
+        if empty && empty_before {
+            break;
+        }
+        if round == 9 {
+            problems.push(format!("kind cluster {name}: node containers remain"));
+        }
+        empty_before = empty;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    match run(&["network", "rm", name], docker) {
+        Ok(o) if o.status.success() || o.stderr_text().contains("No such network") => {}
+        Ok(o) => problems.push(format!(
+            "docker network rm {name}: {}",
+            o.stderr_text().trim()
+        )),
+        Err(e) => problems.push(format!("docker network rm {name}: {e}")),
     }
     problems
 }

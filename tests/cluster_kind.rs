@@ -131,33 +131,18 @@ fn two_kind_clusters_at_once_each_on_its_own_run_network_and_nothing_left_after(
 /// `nodegate run --control-plane kind` on image v1 with `extra` arguments and `env`
 /// added to the test bed's kind environment; the probe stops it before anything starts.
 fn kind_run(bed: &KindBed, extra: &[&str], env: &[(&str, String)]) -> common::Run {
-    let signed = common::testbed("signed", "trust");
-    let (manifest, trust) = (
-        signed.join("v1-direct/node.manifest.json"),
-        signed.join("trust"),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "run".to_string(),
-        "--manifest".into(),
-        manifest.display().to_string(),
-        "--trust".into(),
-        trust.display().to_string(),
-        "--profile".into(),
-        common::repo("profiles/debian-fixture.toml"),
+    let mut args = common::v1_run_args();
+    args.extend([
         "--suites".into(),
         common::repo("suites"),
         "--suite".into(),
         "kubelet".into(),
         "--control-plane".into(),
         "kind".into(),
-    ];
+    ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut all: Vec<(&str, String)> = bed.env();
-    for (k, v) in env {
-        all.retain(|(key, _)| key != k);
-        all.push((k, v.clone()));
-    }
+    let all = bed.env_with(env);
     let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     common::run_env(&args, dir.path(), &env)
@@ -352,9 +337,7 @@ fn an_engine_that_cannot_run_privileged_containers_is_named_with_the_reason() {
 
 /// `nodegate doctor --kind-image IMAGE`'s kind line, on the engine at `docker_host`.
 fn doctor_kind_line(bed: &KindBed, image: &str, docker_host: &str) -> String {
-    let mut env = bed.env();
-    env.retain(|(k, _)| *k != "DOCKER_HOST");
-    env.push(("DOCKER_HOST", docker_host.to_string()));
+    let env = bed.env_with(&[("DOCKER_HOST", docker_host.to_string())]);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let dir = tempfile::tempdir().unwrap();
     let r = common::run_env(&["doctor", "--kind-image", image], dir.path(), &env);
@@ -404,13 +387,8 @@ fn kind_run_until_its_cluster_exists(
     state: &Path,
     work: &Path,
 ) -> (std::process::Child, String) {
-    let signed = common::testbed("signed", "trust");
     let mut child = common::nodegate()
-        .args(["run", "--manifest"])
-        .arg(signed.join("v1-direct/node.manifest.json"))
-        .arg("--trust")
-        .arg(signed.join("trust"))
-        .args(["--profile", &common::repo("profiles/debian-fixture.toml")])
+        .args(common::v1_run_args())
         .args(["--suites", &common::repo("suites"), "--suite", "kubelet"])
         .args(["--control-plane", "kind", "--kind-image", &bed.image])
         .env("NODEGATE_STATE", state)

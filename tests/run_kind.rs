@@ -20,19 +20,9 @@ fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster(
     let clusters_before = bed.clusters();
     let networks_before = bed.networks();
     let dir = tempfile::tempdir().unwrap();
-    let signed = common::testbed("signed", "trust");
     let p = |rel: &str| dir.path().join(rel).display().to_string();
-    let args = [
-        "run".to_string(),
-        "--manifest".into(),
-        signed
-            .join("v1-direct/node.manifest.json")
-            .display()
-            .to_string(),
-        "--trust".into(),
-        signed.join("trust").display().to_string(),
-        "--profile".into(),
-        common::repo("profiles/debian-fixture.toml"),
+    let mut args = common::v1_run_args();
+    args.extend([
         "--suites".into(),
         common::repo("suites"),
         "--suite".into(),
@@ -53,7 +43,7 @@ fn image_v1_passes_on_two_nodes_with_a_kind_control_plane_and_leaves_no_cluster(
         p("report.json"),
         "--artifacts".into(),
         p("artifacts"),
-    ];
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = bed.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

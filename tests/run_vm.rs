@@ -41,18 +41,8 @@ impl Out {
     }
 
     fn args(&self) -> Vec<String> {
-        let signed = common::testbed("signed", "trust");
-        vec![
-            "run".into(),
-            "--manifest".into(),
-            signed
-                .join("v1-direct/node.manifest.json")
-                .display()
-                .to_string(),
-            "--trust".into(),
-            signed.join("trust").display().to_string(),
-            "--profile".into(),
-            common::repo("profiles/debian-fixture.toml"),
+        let mut args = common::v1_run_args();
+        args.extend([
             "--junit".into(),
             self.path("junit.xml").display().to_string(),
             "--json".into(),
@@ -61,7 +51,8 @@ impl Out {
             self.path("artifacts").display().to_string(),
             "--accel".into(),
             "tcg".into(),
-        ]
+        ]);
+        args
     }
 
     /// Runs the real suites on an unsigned `manifest` (a negative image) with `profile`.

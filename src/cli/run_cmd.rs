@@ -221,6 +221,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
                 k.image = args.kind_image.clone();
                 let probe = cluster::kind::probe(k)?;
                 k.image = Some(probe.image.clone());
+                k.probed = true;
                 (c, Some(format!("asked for; probe: {}", probe.describe())))
             } else {
                 (c, None)

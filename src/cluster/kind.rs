@@ -24,13 +24,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::kubectl::{run_command, run_command_within, set_server};
 use super::local::{adapt_cluster_info, grant_nodes_proxier};
 use super::provider::{env_path, ControlPlane, ProviderKind, Teardown};
 use super::{ca_cert_hash, find_on_path, ClusterError, Kubectl, GUEST_API_ADDR};
 use crate::network::{Namespace, RunNetwork};
+use crate::wait::{Poll, WaitError};
 
 const PROVIDER: ProviderKind = ProviderKind::Kind;
 /// The API server's port inside the control-plane container.
@@ -58,6 +59,9 @@ pub struct KindConfig {
     pub state_dir: Option<PathBuf>,
     /// How long the API server may take to answer after `kind create cluster`.
     pub wait: Duration,
+    /// [`probe`] already passed for `image` (the command line runs it before anything
+    /// starts): `start` does not run it again.
+    pub probed: bool,
 }
 
 impl Default for KindConfig {
@@ -71,6 +75,7 @@ impl Default for KindConfig {
             bin_dir: crate::cache_dir().join("kubernetes/bin"),
             state_dir: None,
             wait: Duration::from_secs(300),
+            probed: false,
         }
     }
 }
@@ -133,10 +138,6 @@ impl KindUnusable {
 /// What a successful [`probe`] found.
 #[derive(Debug, Clone)]
 pub struct KindProbe {
-    /// The kind binary and docker CLI.
-    pub kind: PathBuf,
-    /// The docker CLI.
-    pub docker: PathBuf,
     /// `v0.27.0`.
     pub kind_version: String,
     /// The engine's version.
@@ -358,8 +359,6 @@ pub fn probe(config: &KindConfig) -> Result<KindProbe, ClusterError> {
         })
     })?;
     Ok(KindProbe {
-        kind,
-        docker,
         kind_version,
         engine_version,
         runtime,
@@ -512,21 +511,17 @@ pub fn start(config: &KindConfig, net: Option<&RunNetwork>) -> Result<ControlPla
             });
         }
     } else {
-        let probed = probe(config)?;
+        let image = match (&config.image, config.probed) {
+            (Some(image), true) => image.clone(),
+            _ => probe(config)?.image,
+        };
         let file = state.join("kind.yaml");
         fs::write(&file, kind_config(GUEST_API_ADDR)).map_err(io(&file))?;
         let mut c = Command::new(&kind);
-        c.args([
-            "create",
-            "cluster",
-            "--name",
-            &name,
-            "--image",
-            &probed.image,
-        ])
-        .arg("--config")
-        .arg(&file)
-        .env("KIND_EXPERIMENTAL_DOCKER_NETWORK", &name);
+        c.args(["create", "cluster", "--name", &name, "--image", &image])
+            .arg("--config")
+            .arg(&file)
+            .env("KIND_EXPERIMENTAL_DOCKER_NETWORK", &name);
         // Armed before the create: a cluster of this run's own name can only be ours.
         guard.armed = !config.keep;
         run_command_within(PROVIDER, &mut c, None, config.wait)?;
@@ -631,25 +626,22 @@ fn control_plane_container(docker: &Path, name: &str) -> Result<String, ClusterE
 
 /// Waits for the API server to answer `/readyz` through the run's network.
 fn wait_ready(kubectl: &Kubectl, within: Duration) -> Result<(), ClusterError> {
-    let deadline = Instant::now() + within;
-    loop {
+    let command = "kubectl get --raw /readyz";
+    crate::wait::wait_until(command, within, Duration::from_secs(1), || {
         match kubectl.run(&["get", "--raw", "/readyz"]) {
-            Ok(s) if s.trim() == "ok" => return Ok(()),
-            Ok(s) if Instant::now() > deadline => {
-                return Err(ClusterError::Unexpected {
-                    provider: PROVIDER,
-                    command: "kubectl get --raw /readyz".into(),
-                    detail: format!(
-                        "not ready within {}: {}",
-                        crate::message::duration(within),
-                        s.trim()
-                    ),
-                })
-            }
-            Err(e) if Instant::now() > deadline => return Err(e),
-            _ => std::thread::sleep(Duration::from_secs(1)),
+            Ok(s) if s.trim() == "ok" => Poll::Ready(()),
+            Ok(s) => Poll::Pending(s.trim().to_string()),
+            Err(e) => Poll::Pending(e.to_string()),
         }
-    }
+    })
+    .map_err(|e| match e {
+        WaitError::Interrupted { what } => ClusterError::Interrupted(what),
+        e => ClusterError::Unexpected {
+            provider: PROVIDER,
+            command: command.into(),
+            detail: e.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]

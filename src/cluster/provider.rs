@@ -65,6 +65,7 @@ impl ControlPlaneConfig {
             Ok(p) => (
                 ControlPlaneConfig::Kind(KindConfig {
                     image: Some(p.image.clone()),
+                    probed: true,
                     ..config
                 }),
                 format!("auto: kind (probe: {})", p.describe()),

@@ -34,30 +34,38 @@ impl KindBed {
         ]
     }
 
-    /// `docker ARGS` on the engine: its stdout, or a panic naming the command.
-    pub fn docker(&self, args: &[&str]) -> String {
-        let o = Command::new(self.bin.join("docker"))
+    /// `TOOL ARGS` (kind or docker, from the bed) on the engine: its stdout, or a panic
+    /// naming the command.
+    fn tool(&self, tool: &str, args: &[&str]) -> String {
+        let o = Command::new(self.bin.join(tool))
             .env("DOCKER_HOST", &self.docker_host)
             .args(args)
             .output()
             .unwrap();
         assert!(
             o.status.success(),
-            "docker {args:?}: {}",
+            "{tool} {args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// [`KindBed::env`] with `overrides` in place of its values.
+    pub fn env_with<'a>(&self, overrides: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
+        let mut env = self.env();
+        env.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+        env.extend(overrides.iter().cloned());
+        env
+    }
+
+    /// `docker ARGS` on the engine.
+    pub fn docker(&self, args: &[&str]) -> String {
+        self.tool("docker", args)
+    }
+
     /// `kind get clusters`, one name per entry.
     pub fn clusters(&self) -> Vec<String> {
-        let o = Command::new(self.bin.join("kind"))
-            .env("DOCKER_HOST", &self.docker_host)
-            .args(["get", "clusters"])
-            .output()
-            .unwrap();
-        assert!(o.status.success());
-        String::from_utf8_lossy(&o.stdout)
+        self.tool("kind", &["get", "clusters"])
             .lines()
             .map(str::to_string)
             .collect()

@@ -213,6 +213,24 @@ pub fn testbed(sub: &str, must_hold: &str) -> PathBuf {
     dir
 }
 
+/// `run --manifest M --trust T --profile P`: the test bed's signed image v1 (direct
+/// kernel boot layout) with its trust store and the fixture profile.
+pub fn v1_run_args() -> Vec<String> {
+    let signed = testbed("signed", "trust");
+    vec![
+        "run".into(),
+        "--manifest".into(),
+        signed
+            .join("v1-direct/node.manifest.json")
+            .display()
+            .to_string(),
+        "--trust".into(),
+        signed.join("trust").display().to_string(),
+        "--profile".into(),
+        repo("profiles/debian-fixture.toml"),
+    ]
+}
+
 /// Direct kernel boot of a test bed layout folder (vmlinuz, initrd.img, cmdline).
 pub fn direct_boot(layout: &Path) -> nodegate::vm::Boot {
     nodegate::vm::Boot::Kernel {

@@ -31,6 +31,7 @@ fn check(name: &str, status: Status, attempts: &[Option<Failure>]) -> CheckRecor
                 node: Some("node-1".into()),
             })
             .collect(),
+        control_plane: None,
     }
 }
 
@@ -91,4 +92,77 @@ fn a_stopped_run_meets_the_xunit_schema_and_the_surefire_rules() {
     };
     let xml = every_outcome(Some(stop), 4);
     common::junit_rules::assert_strict("stopped run", &xml);
+}
+
+#[test]
+fn a_grid_gives_each_control_plane_its_facts_cells_and_testsuites() {
+    let mut rec = Recorder::new([("image.name".to_string(), "debian-node".to_string())].into());
+    for (index, (name, version, status)) in [
+        ("local", "v1.20.2", Status::Passed),
+        ("kubeconfig=/k/staging.yaml", "v1.32.1", Status::Failed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        rec.record(&Event::ControlPlaneStarted {
+            name: name.into(),
+            provider: name.split('=').next().unwrap().into(),
+            index,
+            of: 2,
+        });
+        rec.record(&Event::Property {
+            name: "kubernetes.version".into(),
+            value: version.into(),
+        });
+        rec.record(&Event::Property {
+            name: "accel".into(),
+            value: "tcg".into(),
+        });
+        let fails = (status == Status::Failed).then(|| Failure::new("not Ready"));
+        for (check_name, s) in [("node_ready", status), ("version", Status::Passed)] {
+            let mut c = check(
+                check_name,
+                s,
+                &[if s == Status::Failed {
+                    fails.clone()
+                } else {
+                    None
+                }],
+            );
+            c.control_plane = Some(name.into());
+            rec.record(&Event::CheckFinished(Box::new(c)));
+        }
+    }
+    rec.record(&Event::RunFinished {
+        stop: None,
+        exit_code: 1,
+    });
+    let r = &rec.report;
+    // Each control plane's facts are its own; the run's stay the run's.
+    assert_eq!(r.control_planes.len(), 2);
+    assert_eq!(
+        r.control_planes[1].properties["kubernetes.version"],
+        "v1.32.1"
+    );
+    assert!(!r.properties.contains_key("kubernetes.version"));
+    assert_eq!(r.properties["accel"], "tcg");
+    let grid = r.grid.as_ref().expect("a grid with two control planes");
+    assert_eq!(grid.columns, ["local", "kubeconfig=/k/staging.yaml"]);
+    assert_eq!(grid.rows.len(), 1);
+    assert_eq!(grid.rows[0].cells["local"].status, "passed");
+    let remote = &grid.rows[0].cells["kubeconfig=/k/staging.yaml"];
+    assert_eq!(
+        (remote.status.as_str(), remote.passed, remote.failed),
+        ("failed", 1, 1)
+    );
+    // JUnit: a testsuite per suite and control plane, strict readers' rules kept.
+    let xml = junit::to_xml(&junit::to_junit(r)).unwrap();
+    common::junit_rules::assert_strict("grid", &xml);
+    for suite in ["kubelet@local", "kubelet@kubeconfig=/k/staging.yaml"] {
+        assert!(
+            xml.contains(&format!("<testsuite name=\"{suite}\"")),
+            "{xml}"
+        );
+    }
+    assert!(xml.contains(r#"<property name="kubernetes.version" value="v1.32.1"/>"#));
 }

@@ -479,6 +479,79 @@ fn a_verified_image_passes_the_pre_boot_checks_without_booting() {
 }
 
 #[test]
+fn several_control_planes_run_image_checks_once_and_bad_choices_are_one_line() {
+    let c = Case::new();
+    let extra = [
+        "--tag",
+        "pre-boot",
+        "--suite",
+        "integrity",
+        "--control-plane",
+        "local",
+        "--control-plane",
+        "local=/opt/elsewhere",
+    ];
+    let r = c.run("v1-direct", &extra);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("control plane local=/opt/elsewhere (2 of 2)"),
+        "{}",
+        r.stdout
+    );
+    let json = c.json();
+    // Pre-boot checks are the image's: run once, in no column, and no grid row.
+    assert_eq!(json["summary"]["passed"], 5, "{}", r.stdout);
+    assert!(json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["control_plane"].is_null()));
+    let names: Vec<&str> = json["control_planes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["local", "local=/opt/elsewhere"]);
+    assert_eq!(json["grid"]["columns"], serde_json::json!(names));
+    assert_eq!(json["grid"]["rows"], serde_json::json!([]));
+
+    let twice = c.run(
+        "v1-direct",
+        &["--control-plane", "local", "--control-plane", "local"],
+    );
+    assert_eq!(twice.code, 2, "{}", twice.stderr);
+    assert_eq!(twice.stderr.trim().lines().count(), 1, "{}", twice.stderr);
+    assert!(
+        twice.stderr.contains("control plane local is given twice"),
+        "{}",
+        twice.stderr
+    );
+
+    let script = c.write("bin/kubectl", "#!/bin/sh\necho '{}'\n");
+    for (kubectl, why) in [
+        ("/nonexistent/kubectl", "not an executable file"),
+        (script.as_str(), "not an executable file"),
+    ] {
+        let r = c.run("v1-direct", &["--kubectl", kubectl]);
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("{kubectl}: not a usable kubectl: {why}")),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = c.run("v1-direct", &["--kubectl", &script]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("names no release"), "{}", r.stderr);
+}
+
+#[test]
 fn shard_reports_merge_into_one_and_overlaps_are_refused() {
     let c = Case::new();
     let mut files = Vec::new();

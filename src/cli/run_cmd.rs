@@ -67,9 +67,15 @@ pub struct RunArgs {
     )]
     suite: Vec<String>,
     /// Control plane: auto (kind where a probe shows it runs here with --kind-image, else
-    /// local), kind, local, local=BIN_DIR or kubeconfig=PATH.
+    /// local), kind, local, local=BIN_DIR or kubeconfig=PATH. Given several times, the
+    /// node-level checks run against each in turn and the report has an image × control
+    /// plane grid.
     #[arg(long, value_name = "PROVIDER", default_value = "auto")]
-    control_plane: String,
+    control_plane: Vec<String>,
+    /// Another kubectl to drive control planes with (repeatable): each control plane gets
+    /// the kubectl nearest its server's release, the provider's own or one of these.
+    #[arg(long, value_name = "PATH")]
+    kubectl: Vec<PathBuf>,
     /// The kind node image (default: kind's own); a local image is used as is.
     #[arg(long, value_name = "IMAGE", value_parser = parse_image_ref)]
     kind_image: Option<String>,
@@ -205,29 +211,22 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let profile = Profile::load(&profile_path).map_err(run::RunError::from)?;
     let defs = suite::load(&args.suites).map_err(run::RunError::from)?;
     check_suite_names(&defs, &selection)?;
-    let (control_plane, control_plane_reason) = match args.control_plane.as_str() {
-        "auto" => {
-            let (c, why) = ControlPlaneConfig::auto(
-                &cluster::provider::env_path(),
-                args.kind_image.as_deref(),
-            );
-            (c, Some(why))
+    let mut control_planes: Vec<run::ControlPlaneChoice> = Vec::new();
+    for given in &args.control_plane {
+        let choice = control_plane_choice(given, args.kind_image.as_deref())?;
+        if let Some(same) = control_planes.iter().find(|c| c.name == choice.name) {
+            return Err(CliError::Usage(format!(
+                "--control-plane {given}: control plane {} is given twice",
+                same.name
+            )));
         }
-        p => {
-            let mut c = p.parse::<ControlPlaneConfig>().map_err(CliError::Usage)?;
-            if let ControlPlaneConfig::Kind(k) = &mut c {
-                // Before anything starts: a machine that cannot run kind, or an image
-                // that is not a kind node image, is one line and its exit code.
-                k.image = args.kind_image.clone();
-                let probe = cluster::kind::probe(k)?;
-                k.image = Some(probe.image.clone());
-                k.probed = true;
-                (c, Some(format!("asked for; probe: {}", probe.describe())))
-            } else {
-                (c, None)
-            }
-        }
-    };
+        control_planes.push(choice);
+    }
+    let kubectl = args
+        .kubectl
+        .iter()
+        .map(|p| cluster::client_skew::KubectlClient::probe(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let evidence = match (&args.evidence, &args.evidence_key) {
         (Some(path), Some(key)) => Some(crate::evidence::EvidenceConfig {
             path: path.clone(),
@@ -246,8 +245,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         upgrade_bundle: args.upgrade_bundle.clone(),
         profile,
         profile_path,
-        control_plane,
-        control_plane_reason,
+        control_planes,
+        kubectl,
         accel: args.accel,
         network: args.network,
         nodes: args.nodes,
@@ -310,6 +309,39 @@ pub(super) fn parse_image_ref(s: &str) -> Result<String, String> {
             "{s:?} is not a container image reference (name[:tag], letters, digits and ._-/:@)"
         ))
     }
+}
+
+/// One `--control-plane` value, decided: `auto` picks kind or local (saying why); kind is
+/// probed here, before anything starts, so that a machine that cannot run kind, or an
+/// image that is not a kind node image, is one line and its exit code.
+fn control_plane_choice(
+    given: &str,
+    kind_image: Option<&str>,
+) -> Result<run::ControlPlaneChoice, CliError> {
+    if given == "auto" {
+        let (config, why) = ControlPlaneConfig::auto(&cluster::provider::env_path(), kind_image);
+        return Ok(run::ControlPlaneChoice {
+            name: config.kind().to_string(),
+            config,
+            reason: Some(why),
+        });
+    }
+    let mut config = given
+        .parse::<ControlPlaneConfig>()
+        .map_err(CliError::Usage)?;
+    let mut reason = None;
+    if let ControlPlaneConfig::Kind(k) = &mut config {
+        k.image = kind_image.map(String::from);
+        let probe = cluster::kind::probe(k)?;
+        k.image = Some(probe.image.clone());
+        k.probed = true;
+        reason = Some(format!("asked for; probe: {}", probe.describe()));
+    }
+    Ok(run::ControlPlaneChoice {
+        name: given.to_string(),
+        config,
+        reason,
+    })
 }
 
 #[cfg(test)]

@@ -210,13 +210,11 @@ pub fn parse_kind_version(output: &str) -> Option<(u32, u32, String)> {
 /// A Kubernetes version as `/kind/version` holds it (`v1.20.2`).
 fn kube_version(text: &str) -> Option<String> {
     let v = text.trim();
-    let rest = v.strip_prefix('v')?;
-    let ok = rest.split('.').count() >= 3
-        && rest
-            .split(['.', '-', '+'])
-            .next()
-            .is_some_and(|m| m.parse::<u32>().is_ok());
-    (ok && v.len() < 64 && !v.contains(char::is_whitespace)).then(|| v.to_string())
+    let ok = v.starts_with('v')
+        && v.len() < 64
+        && !v.contains(char::is_whitespace)
+        && super::client_skew::KubeVersion::parse(v).is_some();
+    ok.then(|| v.to_string())
 }
 
 fn tool(name: &str, path: &std::ffi::OsStr) -> Result<PathBuf, ClusterError> {

@@ -164,6 +164,20 @@ impl Kubectl {
         )
     }
 
+    /// The API server's release as it says it (`serverVersion.gitVersion`, `v1.20.2`).
+    pub fn server_version(&self) -> Result<String, ClusterError> {
+        let v = self.json(&["version"])?;
+        v["serverVersion"]["gitVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() < 64 && !s.contains(char::is_control))
+            .map(String::from)
+            .ok_or_else(|| ClusterError::Unexpected {
+                provider: self.provider,
+                command: "kubectl version -o json".into(),
+                detail: "no serverVersion.gitVersion".into(),
+            })
+    }
+
     /// `kubectl ARGS -o json`, parsed.
     pub fn json(&self, args: &[&str]) -> Result<Value, ClusterError> {
         let mut all = args.to_vec();

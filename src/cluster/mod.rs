@@ -11,6 +11,7 @@
 //! [`GuestForward`](crate::vm::GuestForward) at [`GUEST_API_ADDR`].
 
 pub mod ca_hash;
+pub mod client_skew;
 pub mod join;
 pub mod kind;
 pub mod kubeconfig;
@@ -59,6 +60,14 @@ pub enum ClusterError {
         dir: PathBuf,
         /// Missing or non-executable binaries.
         missing: Vec<String>,
+    },
+    /// A kubectl (`--kubectl`, or a provider's own) that does not say its release.
+    #[error("{}: not a usable kubectl: {reason}", path.display())]
+    BadKubectl {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The kubeconfig cannot be used.
     #[error("{}: kubeconfig provider: {reason}", path.display())]
@@ -224,6 +233,7 @@ impl ClusterError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClusterError::BadKubeconfig { .. }
+            | ClusterError::BadKubectl { .. }
             | ClusterError::CaHashMismatch { .. }
             | ClusterError::BadCa(_)
             | ClusterError::BadToken(_)

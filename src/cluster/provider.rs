@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::client_skew::{self, KubeVersion, KubectlClient};
 use super::kind::{self, KindConfig};
 use super::kubeconfig::{self, KubeconfigConfig};
 use super::local::{self, LocalConfig};
@@ -161,6 +162,28 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// Drives this control plane from now on with the kubectl nearest `server`'s release
+    /// (its `gitVersion`): the provider's own, or one of `others` ([`client_skew`]).
+    /// Returns the report's line on the choice.
+    pub fn choose_kubectl(
+        &mut self,
+        others: &[KubectlClient],
+        server: &str,
+    ) -> Result<String, ClusterError> {
+        let own = KubectlClient::probe(&self.kubectl.bin)?;
+        let Some(release) = KubeVersion::parse(server) else {
+            return Ok(format!(
+                "kubectl {} ({}): the server's release {server:?} is not vMAJOR.MINOR.PATCH; the provider's own kubectl",
+                own.version,
+                own.path.display()
+            ));
+        };
+        let all: Vec<KubectlClient> = std::iter::once(own).chain(others.iter().cloned()).collect();
+        let choice = client_skew::choose(&all, release).expect("one client at least");
+        self.kubectl.bin = choice.client.path.clone();
+        Ok(choice.describe(all.len()))
+    }
+
     /// The forward the VM needs: [`GUEST_API_ADDR`]:PORT to the host port.
     pub fn forward(&self) -> GuestForward {
         let port = self

@@ -58,7 +58,8 @@ fn rerun(a: &AttemptReport) -> TestRerun {
     r
 }
 
-fn case(c: &CheckReport) -> TestCase {
+/// A check's testcase, of the testsuite `classname`.
+fn case(c: &CheckReport, classname: &str) -> TestCase {
     let failed_runs: Vec<TestRerun> = c
         .attempts
         .iter()
@@ -98,7 +99,7 @@ fn case(c: &CheckReport) -> TestCase {
         },
     };
     let mut t = TestCase::new(c.name.clone(), status);
-    t.set_classname(c.suite.clone())
+    t.set_classname(classname.to_string())
         .set_time(secs(c.duration_secs));
     if let Some(last) = c.attempts.last() {
         t.set_system_out(last.output.clone());
@@ -181,7 +182,8 @@ fn run_case(r: &RunReport) -> TestCase {
 const RUN_DESCRIPTION: &str = "The run itself: verified, booted and joined what its checks needed, and ran every selected check to a verdict.";
 
 /// The JUnit report: the run's own testsuite ([`RUN_SUITE`]), then one testsuite per
-/// check suite, the run's properties (and each node's as `node.NAME.KEY`) on each.
+/// check suite (per suite and control plane in a grid), the run's properties (and each
+/// node's as `node.NAME.KEY`) on each.
 pub fn to_junit(r: &RunReport) -> Report {
     let mut report = Report::new("nodegate");
     report.set_time(secs(r.duration_secs));
@@ -213,16 +215,33 @@ pub fn to_junit(r: &RunReport) -> Report {
     own.set_time(secs(r.duration_secs));
     let mut suites: Vec<TestSuite> = vec![own];
     for c in &r.checks {
-        let i = match suites.iter().position(|s| s.name.as_str() == c.suite) {
+        // In a grid, a suite's checks against one control plane are a testsuite of
+        // their own, `SUITE@CONTROL_PLANE`, with that control plane's facts.
+        let name = match &c.control_plane {
+            Some(cp) => format!("{}@{cp}", c.suite),
+            None => c.suite.clone(),
+        };
+        let i = match suites.iter().position(|s| s.name.as_str() == name) {
             Some(i) => i,
             None => {
-                suites.push(new_suite(&c.suite));
+                let mut s = new_suite(&name);
+                let column = r
+                    .control_planes
+                    .iter()
+                    .find(|p| c.control_plane.as_ref() == Some(&p.name));
+                if let Some(column) = column {
+                    s.add_property(Property::new("control_plane.name", column.name.clone()));
+                    for (k, v) in &column.properties {
+                        s.add_property(Property::new(k.clone(), v.clone()));
+                    }
+                }
+                suites.push(s);
                 suites.len() - 1
             }
         };
         let s = &mut suites[i];
         s.add_properties(case_properties(c));
-        s.add_test_case(case(c));
+        s.add_test_case(case(c, &name));
         s.set_time(s.time.unwrap_or_default() + secs(c.duration_secs));
     }
     report.add_test_suites(suites);

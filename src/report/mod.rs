@@ -2,6 +2,7 @@
 //! rewritten atomically after every check and phase, so a run that dies still leaves a
 //! report of what ran (with `finished: null`). This module never touches a VM.
 
+pub mod grid;
 pub mod junit;
 pub mod model;
 pub mod page;

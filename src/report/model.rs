@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::grid::Grid;
 use crate::image::manifest::format_time;
 use crate::runner::{CheckRecord, Event, Status};
 
@@ -50,6 +51,33 @@ pub struct RunReport {
     /// recorded (NotReady windows, link cuts, upgrades, heartbeats).
     #[serde(default)]
     pub timeline: Vec<MarkReport>,
+    /// The control planes the run joined its nodes to, in order, each with its own facts.
+    #[serde(default)]
+    pub control_planes: Vec<ControlPlaneReport>,
+    /// The image × control plane grid; `null` in a run with one control plane.
+    #[serde(default)]
+    pub grid: Option<Grid>,
+}
+
+/// One control plane of the run (a grid column).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneReport {
+    /// As given (`local`, `kind`, `kubeconfig=PATH`); the checks' `control_plane`.
+    pub name: String,
+    /// `local`, `kind` or `kubeconfig`.
+    pub provider: String,
+    /// Its facts ([`column_fact`]): `control_plane.reason`, `kubernetes.version`,
+    /// `control_plane.kubectl`, `network`...
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Whether a property is a fact of one control plane's part of the run (its provider,
+/// Kubernetes version, kubectl, network) rather than of the whole run.
+pub fn column_fact(name: &str) -> bool {
+    ["control_plane", "kubernetes", "network"]
+        .iter()
+        .any(|p| name == *p || name.strip_prefix(p).is_some_and(|r| r.starts_with('.')))
 }
 
 /// One mark on a node's timeline.
@@ -119,6 +147,10 @@ pub struct CheckReport {
     /// The node its last attempt ran on.
     #[serde(default)]
     pub node: Option<String>,
+    /// The control plane it ran against, in a run with several (a name of
+    /// `control_planes`); `null` for a check run once per image.
+    #[serde(default)]
+    pub control_plane: Option<String>,
     /// `passed`, `failed`, `flaky`, `not-run` or `ignored`.
     pub status: String,
     /// Why it did not run.
@@ -187,6 +219,7 @@ impl CheckReport {
             tags: r.tags.clone(),
             destructive: r.destructive,
             node: r.attempts.last().and_then(|a| a.node.clone()),
+            control_plane: r.control_plane.clone(),
             status: r.status.as_str().into(),
             reason: r.reason.clone(),
             started: r.started.map(format_time),
@@ -243,6 +276,8 @@ impl Recorder {
                 summary: Summary::default(),
                 artifacts: BTreeMap::new(),
                 timeline: Vec::new(),
+                control_planes: Vec::new(),
+                grid: None,
             },
             start: Instant::now(),
         }
@@ -280,8 +315,28 @@ impl Recorder {
                     p.error = error.clone();
                 }
             }
+            Event::ControlPlaneStarted {
+                name, provider, of, ..
+            } => {
+                r.control_planes.push(ControlPlaneReport {
+                    name: name.clone(),
+                    provider: provider.clone(),
+                    properties: BTreeMap::new(),
+                });
+                if *of > 1 {
+                    r.grid.get_or_insert_with(Grid::default).column(name);
+                }
+            }
             Event::Property { name, value } => {
-                r.properties.insert(name.clone(), value.clone());
+                let column = r.control_planes.last_mut().filter(|_| column_fact(name));
+                let shared = r.grid.is_none() || column.is_none();
+                if let Some(c) = column {
+                    c.properties.insert(name.clone(), value.clone());
+                }
+                // With several control planes, each one's facts are its own.
+                if shared {
+                    r.properties.insert(name.clone(), value.clone());
+                }
             }
             Event::NodeProperty { node, name, value } => {
                 r.nodes
@@ -308,6 +363,9 @@ impl Recorder {
                     Status::Flaky => s.flaky += 1,
                     Status::NotRun => s.not_run += 1,
                     Status::Ignored => s.ignored += 1,
+                }
+                if let (Some(g), Some(cp)) = (r.grid.as_mut(), &rec.control_plane) {
+                    g.add(&rec.suite, cp, rec.status);
                 }
                 r.checks.push(CheckReport::from_record(rec));
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::grid::Grid;
 use crate::runner::{CheckRecord, Event, Status};
 
 /// Prints run events for people (and stays plain for CI logs).
@@ -16,6 +17,8 @@ pub struct Terminal {
     progress: bool,
     failures: Vec<CheckRecord>,
     counts: [usize; 5],
+    /// In a run with several control planes: the grid, and each column's heading.
+    grid: Option<(Grid, Vec<String>)>,
     out: Box<dyn Write + Send>,
 }
 
@@ -30,6 +33,7 @@ impl Terminal {
             progress: std::io::stderr().is_terminal(),
             failures: Vec::new(),
             counts: [0; 5],
+            grid: None,
             out: Box::new(std::io::stdout()),
         }
     }
@@ -106,7 +110,21 @@ impl Terminal {
                     duration.as_secs_f64()
                 ));
             }
-            Event::Property { .. }
+            Event::ControlPlaneStarted {
+                name, index, of, ..
+            } if *of > 1 => {
+                self.line(&format!("\ncontrol plane {name} ({} of {of})", index + 1));
+                let (grid, headings) = self.grid.get_or_insert_with(Default::default);
+                grid.column(name);
+                headings.push(name.clone());
+            }
+            Event::Property { name, value } if name == "kubernetes.version" => {
+                if let Some(heading) = self.grid.as_mut().and_then(|(_, h)| h.last_mut()) {
+                    heading.push_str(&format!(" {value}"));
+                }
+            }
+            Event::ControlPlaneStarted { .. }
+            | Event::Property { .. }
             | Event::NodeProperty { .. }
             | Event::Artifact { .. }
             | Event::Mark(_)
@@ -131,7 +149,14 @@ impl Terminal {
                     }
                     _ => format!(" ({:.1}s)", r.duration().as_secs_f64()),
                 };
-                self.line(&format!("test {} ... {word}{tail}", r.id));
+                let at = match (&r.control_plane, self.grid.as_mut()) {
+                    (Some(cp), Some((grid, _))) => {
+                        grid.add(&r.suite, cp, r.status);
+                        format!(" @{cp}")
+                    }
+                    _ => String::new(),
+                };
+                self.line(&format!("test {}{at} ... {word}{tail}", r.id));
                 if r.status == Status::Failed {
                     self.failures.push((**r).clone());
                 }
@@ -140,7 +165,11 @@ impl Terminal {
                 if !self.failures.is_empty() {
                     self.line("\nfailures:");
                     for r in std::mem::take(&mut self.failures) {
-                        self.line(&format!("\n---- {} ----", r.id));
+                        let at = r
+                            .control_plane
+                            .as_ref()
+                            .map_or(String::new(), |c| format!(" @{c}"));
+                        self.line(&format!("\n---- {}{at} ----", r.id));
                         if let Some(f) = r.failure() {
                             let mut text = f.message.clone();
                             if let Some(e) = &f.expected {
@@ -160,6 +189,13 @@ impl Terminal {
                         s.kind.as_str(),
                         s.reason
                     ));
+                }
+                if let Some((grid, headings)) = self.grid.take().filter(|(g, _)| !g.rows.is_empty())
+                {
+                    self.line("\nimage × control plane:");
+                    for l in grid.render(&headings) {
+                        self.line(&format!("  {l}"));
+                    }
                 }
                 let [passed, failed, flaky, not_run, ignored] = self.counts;
                 let result = if *exit_code == 0 {

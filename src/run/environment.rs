@@ -24,6 +24,8 @@ use super::{artifacts, RunConfig};
 /// The run's VMs and control plane.
 pub struct NodeEnvironment<'c> {
     pub(super) config: &'c RunConfig,
+    /// The control plane this part of the run joins its nodes to.
+    pub(super) column: &'c super::ControlPlaneChoice,
     pub(super) rundir: &'c mut RunDir,
     /// The pre-boot verification.
     pub verification: Verification,
@@ -140,6 +142,7 @@ impl<'c> NodeEnvironment<'c> {
     /// the start).
     pub fn new(
         config: &'c RunConfig,
+        column: &'c super::ControlPlaneChoice,
         rundir: &'c mut RunDir,
         verification: Verification,
         disk: super::BootDisk,
@@ -150,6 +153,7 @@ impl<'c> NodeEnvironment<'c> {
         let _ = getrandom::fill(&mut raw);
         NodeEnvironment {
             config,
+            column,
             rundir,
             verification,
             bundle: None,
@@ -183,7 +187,7 @@ impl<'c> NodeEnvironment<'c> {
         if self.network.is_none() {
             let api: Ipv4Addr = cluster::GUEST_API_ADDR.parse().expect("an IPv4 address");
             // kind's API server gets that address itself, in its own namespace.
-            let local_api = self.config.control_plane.kind() != ProviderKind::Kind;
+            let local_api = self.column.config.kind() != ProviderKind::Kind;
             let services: Vec<Ipv4Addr> = local_api
                 .then_some(api)
                 .into_iter()
@@ -204,7 +208,7 @@ impl<'c> NodeEnvironment<'c> {
         if let Some(s) = &self.cp_failed {
             return Err(s.clone());
         }
-        let mut cfg = self.config.control_plane.clone();
+        let mut cfg = self.column.config.clone();
         let dialer = self.run_network()?.map(|n| n.dialer());
         if let ControlPlaneConfig::Kind(k) = &mut cfg {
             // Named before it exists and noted in the run's record: a killed run's cluster
@@ -233,7 +237,8 @@ impl<'c> NodeEnvironment<'c> {
                 l.grace = l.grace.min(Duration::from_secs(3));
             }
         }
-        let reason = self.config.control_plane_reason.clone();
+        let reason = self.column.reason.clone();
+        let clients = &self.config.kubectl;
         let net = self.network.as_ref();
         let r = phase(
             emit,
@@ -241,7 +246,7 @@ impl<'c> NodeEnvironment<'c> {
             cfg.kind().to_string(),
             None,
             |emit| {
-                let cp = cfg.start(net).map_err(|e| {
+                let mut cp = cfg.start(net).map_err(|e| {
                     stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string())
                 })?;
                 emit(Event::Property {
@@ -254,17 +259,20 @@ impl<'c> NodeEnvironment<'c> {
                         value: why,
                     });
                 }
-                if let Some(v) = cp
-                    .kubectl
-                    .json(&["version"])
-                    .ok()
-                    .and_then(|v| v["serverVersion"]["gitVersion"].as_str().map(String::from))
-                {
-                    emit(Event::Property {
-                        name: "kubernetes.version".into(),
-                        value: v,
-                    });
-                }
+                let server = cp.kubectl.server_version().map_err(|e| {
+                    stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string())
+                })?;
+                emit(Event::Property {
+                    name: "kubernetes.version".into(),
+                    value: server.clone(),
+                });
+                let choice = cp.choose_kubectl(clients, &server).map_err(|e| {
+                    stop(classify(e.exit_code()), Phase::ControlPlane, e.to_string())
+                })?;
+                emit(Event::Property {
+                    name: "control_plane.kubectl".into(),
+                    value: choice,
+                });
                 Ok(cp)
             },
         );
@@ -318,6 +326,11 @@ impl<'c> NodeEnvironment<'c> {
         if let Some(m) = self.shared.take() {
             self.release(m, emit);
         }
+    }
+
+    /// The verifications, back from a finished environment.
+    pub fn into_verifications(self) -> (Verification, Option<Verification>) {
+        (self.verification, self.bundle)
     }
 
     /// Tears down every machine and then the control plane.

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::cluster::client_skew::KubectlClient;
 use crate::cluster::{ControlPlaneConfig, ProviderKind};
 use crate::config_file::ConfigError;
 use crate::exit;
@@ -51,10 +52,12 @@ pub struct RunConfig {
     pub profile: Profile,
     /// Where the profile came from.
     pub profile_path: PathBuf,
-    /// The control plane to join.
-    pub control_plane: ControlPlaneConfig,
-    /// Why it was chosen, when `auto` chose it (recorded in the report).
-    pub control_plane_reason: Option<String>,
+    /// The control planes to join, in order: one, or the columns of an image × control
+    /// plane grid (node-level checks run against each).
+    pub control_planes: Vec<ControlPlaneChoice>,
+    /// kubectl clients besides each provider's own (`--kubectl`): each control plane is
+    /// driven by the one nearest its server's release.
+    pub kubectl: Vec<KubectlClient>,
     /// Accelerator.
     pub accel: AccelChoice,
     /// The network asked for.
@@ -71,6 +74,18 @@ pub struct RunConfig {
     pub reports: ReportPaths,
     /// Signed evidence of the run (`--evidence`).
     pub evidence: Option<crate::evidence::EvidenceConfig>,
+}
+
+/// One control plane of a run (a column of the grid), decided before anything starts.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneChoice {
+    /// Its name in the report: as given (`local`, `local=DIR`, `kind`, `kubeconfig=PATH`),
+    /// or the provider `auto` picked.
+    pub name: String,
+    /// The provider and its settings.
+    pub config: ControlPlaneConfig,
+    /// Why it was chosen (`auto`, kind's probe): `control_plane.reason` in the report.
+    pub reason: Option<String>,
 }
 
 /// Why a run could not start. One line each, naming the file concerned.
@@ -392,6 +407,54 @@ fn properties(
     p
 }
 
+/// How bad an exit code is, to merge the columns' codes: interrupted, then integrity, then
+/// an error of the host or input, then failed checks.
+fn rank(code: i32) -> u8 {
+    match code {
+        exit::PASS => 0,
+        exit::CHECKS_FAILED => 1,
+        exit::INTEGRITY => 3,
+        exit::INTERRUPTED => 4,
+        _ => 2,
+    }
+}
+
+/// Runs `checks` against one control plane `cp`, on its own network, nodes and control
+/// plane, all torn down before it returns; the verifications are lent to it.
+#[allow(clippy::too_many_arguments)]
+fn run_column(
+    config: &RunConfig,
+    cp: &ControlPlaneChoice,
+    rundir: &mut crate::rundir::RunDir,
+    verification: &mut Option<Verification>,
+    bundle: &mut Option<Verification>,
+    (disk, network): (BootDisk, (crate::network::NetworkMode, String)),
+    checks: &[suite::Check],
+    selection: &Selection,
+    options: RunOptions,
+    emit: &mut dyn FnMut(Event),
+) -> (i32, Option<runner::Stop>) {
+    let runs = |c: &&suite::Check| matches!(selection.verdict(c), Verdict::Run);
+    let will_join = checks.iter().filter(runs).any(|c| c.need == Need::Node);
+    let v = verification
+        .take()
+        .expect("the verification is lent to one column at a time");
+    let mut env = NodeEnvironment::new(config, cp, rundir, v, disk, will_join, network);
+    env.bundle = bundle.take();
+    env.shape_links = checks.iter().filter(runs).any(|c| c.needs_link_shaping());
+    env.fresh_planned = checks
+        .iter()
+        .filter(|c| c.destructive && c.need != Need::Manifest)
+        .filter(runs)
+        .filter(|c| runner::Environment::unavailable(&mut env, c).is_none())
+        .count();
+    let r = runner::run(checks, selection, options, &mut env, emit);
+    env.finish(emit);
+    let (v, b) = env.into_verifications();
+    (*verification, *bundle) = (Some(v), b);
+    r
+}
+
 /// Runs the checks of `defs` (loaded suites) that `selection` picks; returns the exit
 /// code. Reports are kept current as the run goes.
 pub fn execute(
@@ -452,21 +515,31 @@ pub fn execute(
             "--image is required without a manifest".into(),
         ));
     }
-    // The network is decided before anything starts: a bridge that was asked for and
-    // cannot be had stops the run here, with one line.
-    let outside = match config.control_plane.kind() {
-        ProviderKind::Local | ProviderKind::Kind => None,
-        other => Some(other.to_string()),
-    };
-    let network = config
-        .network
-        .decide(outside.as_deref())
-        .map_err(RunError::Environment)?;
-    check_capacity(config, &network, &checks)?;
+    // Each control plane is a column of the run: its own network, control plane and
+    // nodes, one after the other. The first runs every check; the others the checks that
+    // need a joined node. Networks and capacity are decided before anything starts: a
+    // bridge that was asked for and cannot be had stops the run here, with one line.
+    let grid = config.control_planes.len() > 1;
+    let mut columns = Vec::new();
+    for (i, cp) in config.control_planes.iter().enumerate() {
+        let outside = match cp.config.kind() {
+            ProviderKind::Local | ProviderKind::Kind => None,
+            other => Some(other.to_string()),
+        };
+        let network = config
+            .network
+            .decide(outside.as_deref())
+            .map_err(RunError::Environment)?;
+        let mine: Vec<suite::Check> = checks
+            .iter()
+            .filter(|c| i == 0 || c.need == Need::Node)
+            .cloned()
+            .collect();
+        check_capacity(config, &network, &mine)?;
+        columns.push((cp, network, mine));
+    }
     let mut props = properties(config, &verification, manifest.as_ref());
     props.insert("nodes".into(), config.nodes.to_string());
-    props.insert("network".into(), network.0.name().into());
-    props.insert("network.reason".into(), network.1.clone());
     let mut writer = ReportWriter::new(config.reports.clone(), props);
     let mut emit = |e: Event| {
         terminal.event(&e);
@@ -497,29 +570,73 @@ pub fn execute(
             path: profile_copy,
         });
     }
-    let will_join = checks
-        .iter()
-        .any(|c| c.need == Need::Node && matches!(selection.verdict(c), Verdict::Run));
-    let mut env = NodeEnvironment::new(
-        config,
-        &mut rundir,
-        verification,
-        disk,
-        will_join,
-        network.clone(),
-    );
-    env.bundle = bundle;
-    env.shape_links = checks
-        .iter()
-        .any(|c| c.needs_link_shaping() && matches!(selection.verdict(c), Verdict::Run));
-    env.fresh_planned = checks
-        .iter()
-        .filter(|c| c.destructive && c.need != Need::Manifest)
-        .filter(|c| matches!(selection.verdict(c), Verdict::Run))
-        .filter(|c| runner::Environment::unavailable(&mut env, c).is_none())
-        .count();
-    let (mut code, mut stop) = runner::run(&checks, selection, options, &mut env, &mut emit);
-    if let Verification::Refused(e) = &env.verification {
+    let mut verification = Some(verification);
+    let mut bundle = bundle;
+    let (mut code, mut stop) = (exit::PASS, None::<runner::Stop>);
+    let of = columns.len();
+    for (index, (cp, network, mine)) in columns.into_iter().enumerate() {
+        emit(Event::ControlPlaneStarted {
+            name: cp.name.clone(),
+            provider: cp.config.kind().to_string(),
+            index,
+            of,
+        });
+        let earlier = stop.as_ref().filter(|s| {
+            use runner::StopKind::*;
+            matches!(s.kind, Interrupted | Integrity | FailFast)
+        });
+        if let Some(s) = earlier {
+            runner::not_run(&mine, selection, s, &mut emit);
+            continue;
+        }
+        for (name, value) in [
+            ("network", network.0.name().to_string()),
+            ("network.reason", network.1.clone()),
+        ] {
+            emit(Event::Property {
+                name: name.into(),
+                value,
+            });
+        }
+        // In a grid, a node-level check's record names its column.
+        let mut emit_column = |e: Event| match e {
+            Event::CheckFinished(mut rec)
+                if grid
+                    && mine
+                        .iter()
+                        .any(|c| c.need == Need::Node && c.id() == rec.id) =>
+            {
+                rec.control_plane = Some(cp.name.clone());
+                emit(Event::CheckFinished(rec));
+            }
+            e => emit(e),
+        };
+        let (c, s) = run_column(
+            config,
+            cp,
+            &mut rundir,
+            &mut verification,
+            &mut bundle,
+            (disk.clone(), network),
+            &mine,
+            selection,
+            options,
+            &mut emit_column,
+        );
+        let s = s.map(|mut s| {
+            if grid {
+                s.reason = format!("control plane {}: {}", cp.name, s.reason);
+            }
+            s
+        });
+        if rank(c) > rank(code) {
+            (code, stop) = (c, s);
+        } else if stop.is_none() {
+            stop = s;
+        }
+    }
+    let verification = verification.expect("every column gives the verification back");
+    if let Verification::Refused(e) = &verification {
         // A refused image is an integrity verdict whatever else stopped the run (only
         // pre-boot checks selected, --fail-fast), unless a signal did.
         let interrupted = stop.as_ref().map(|s| s.kind) == Some(runner::StopKind::Interrupted);
@@ -534,7 +651,6 @@ pub fn execute(
             code = exit::INTEGRITY;
         }
     }
-    env.finish(&mut emit);
     emit(Event::RunFinished {
         stop,
         exit_code: code,

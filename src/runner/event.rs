@@ -99,6 +99,9 @@ pub struct CheckRecord {
     pub started: Option<SystemTime>,
     /// Attempts in order (empty when not run).
     pub attempts: Vec<AttemptRecord>,
+    /// The control plane it ran against, in a run with several (its grid column);
+    /// `None` for a check that runs once per image.
+    pub control_plane: Option<String>,
 }
 
 impl CheckRecord {
@@ -189,6 +192,18 @@ pub enum Event {
         to_run: usize,
         /// Checks listed as ignored.
         ignored: usize,
+    },
+    /// A run with several control planes turns to the next one: the phases, facts and
+    /// checks that follow, up to the next such event, concern it.
+    ControlPlaneStarted {
+        /// Its column's name, as given (`local`, `kind`, `kubeconfig=PATH`).
+        name: String,
+        /// The provider (`local`, `kind`, `kubeconfig`).
+        provider: String,
+        /// Its place, from 0.
+        index: usize,
+        /// How many the run has.
+        of: usize,
     },
     /// A phase began.
     PhaseStarted {

@@ -70,6 +70,7 @@ fn record(c: &Check, status: Status, reason: Option<String>) -> CheckRecord {
         reason,
         started: None,
         attempts: Vec::new(),
+        control_plane: None,
     }
 }
 
@@ -100,6 +101,25 @@ fn stopped(c: &Check, s: &Stop, blame: bool) -> CheckRecord {
         return r;
     }
     record(c, Status::NotRun, Some(s.not_run_reason()))
+}
+
+/// The record of a check the selection ignores (`why`: its reason, if any).
+fn ignored(c: &Check, why: &str) -> CheckRecord {
+    let reason = if why.is_empty() { "ignored" } else { why };
+    record(c, Status::Ignored, Some(reason.into()))
+}
+
+/// Reports the checks of `checks` that `selection` picks as not run because of `stop`
+/// (a part of the run an earlier stop keeps from starting), the ignored ones as ignored.
+pub fn not_run(checks: &[Check], selection: &Selection, stop: &Stop, emit: &mut dyn FnMut(Event)) {
+    for c in checks {
+        let rec = match selection.verdict(c) {
+            Verdict::Out => continue,
+            Verdict::Ignored(why) => ignored(c, &why),
+            Verdict::Run => stopped(c, stop, false),
+        };
+        emit(Event::CheckFinished(Box::new(rec)));
+    }
 }
 
 /// The exit code for a run that stopped with `stop` and has `failed` failed checks.
@@ -142,16 +162,7 @@ pub fn run(
         match v {
             Verdict::Out => continue,
             Verdict::Ignored(why) => {
-                let reason = if why.is_empty() {
-                    "ignored".into()
-                } else {
-                    why.clone()
-                };
-                emit(Event::CheckFinished(Box::new(record(
-                    c,
-                    Status::Ignored,
-                    Some(reason),
-                ))));
+                emit(Event::CheckFinished(Box::new(ignored(c, why))));
                 continue;
             }
             Verdict::Run => {}

@@ -26,6 +26,17 @@ impl KindBed {
         )
     }
 
+    /// The test bed's kubectl far newer than its servers (step `kind`: trixie's v1.32.3).
+    pub fn newer_kubectl(&self) -> PathBuf {
+        let p = self.bin.with_file_name("clients").join("kubectl-v1.32.3");
+        assert!(
+            p.is_file(),
+            "{}: missing (fixtures/build kind)",
+            p.display()
+        );
+        p
+    }
+
     /// The environment of a nodegate run on this engine.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{is_executable, last_lines, ClusterError, ProviderKind};
-use crate::process::{run_bounded, CommandError};
+use crate::process::{run_bounded, run_teardown, CommandError};
 
 /// How long a one-shot provider command (kubeadm phase, docker, kind query) may run.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -30,6 +30,18 @@ pub(crate) fn run_command_within(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<String, ClusterError> {
+    run_checked(provider, cmd, stdin, timeout, false)
+}
+
+/// Runs `cmd` within `timeout`; `teardown`: a first signal does not cut it short
+/// ([`run_teardown`]: it deletes what the run made).
+fn run_checked(
+    provider: ProviderKind,
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+    teardown: bool,
+) -> Result<String, ClusterError> {
     let shown = describe(cmd);
     let fail = |status: String, stderr: String| ClusterError::Command {
         provider,
@@ -37,7 +49,12 @@ pub(crate) fn run_command_within(
         status,
         stderr,
     };
-    let out = match run_bounded(cmd, stdin, timeout) {
+    let ran = if teardown {
+        run_teardown(cmd, timeout)
+    } else {
+        run_bounded(cmd, stdin, timeout)
+    };
+    let out = match ran {
         Ok(o) => o,
         Err(CommandError::Interrupted { .. }) => {
             return Err(ClusterError::Interrupted(shown.clone()))
@@ -232,7 +249,9 @@ impl Kubectl {
         if let Some(ns) = namespace {
             args.extend(["-n", ns]);
         }
-        self.run(&args).map(|_| ())
+        // What the run made goes even after a first Ctrl-C (guards delete through this).
+        let cmd = &mut self.command(&args);
+        run_checked(self.provider, cmd, None, self.deadline(), true).map(|_| ())
     }
 
     /// A JSON merge patch of one object.

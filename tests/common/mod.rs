@@ -213,6 +213,26 @@ pub fn testbed(sub: &str, must_hold: &str) -> PathBuf {
     dir
 }
 
+/// The (first) report entry of the check whose `key` (`id` or `name`) is `value`.
+pub fn check_in(report: &serde_json::Value, key: &str, value: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[key] == value)
+        .unwrap_or_else(|| panic!("{value} not in the report"))
+        .clone()
+}
+
+/// The manifest of a signed upgrade bundle of the test bed (`bundle-v2`, `neg/...`).
+pub fn bundle(name: &str) -> String {
+    testbed("signed", "trust")
+        .join(name)
+        .join("bundle.manifest.json")
+        .display()
+        .to_string()
+}
+
 /// `run --manifest M --trust T --profile P`: the test bed's signed image v1 (direct
 /// kernel boot layout) with its trust store and the fixture profile.
 pub fn v1_run_args() -> Vec<String> {

@@ -14,6 +14,8 @@
 //! - [`fsutil`], [`rundir`]: files written safely; each run's private folder, and the
 //!   clean-up after a killed run.
 //! - [`network`]: the run's own network namespace, and what this machine can do with it.
+//! - [`rollout`]: the hybrid roll-out: a pool of legacy and candidate nodes, its workload,
+//!   the client that counts lost requests, the version skew policy.
 //! - [`cli`]: the command-line front end.
 
 pub mod agent_endpoint;
@@ -31,6 +33,7 @@ pub mod network;
 pub mod process;
 pub mod profile;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod rundir;
 pub mod runner;

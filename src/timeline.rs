@@ -1,5 +1,6 @@
 //! What happened to a node and when, beyond its phases and checks: NotReady windows, link
-//! cuts, shaped links, upgrade steps, heartbeats received. Checks and the environment
+//! cuts, shaped links, upgrade steps, heartbeats received, and a roll-out's cordons,
+//! drains and deletions. Checks and the environment
 //! record marks; the report keeps them (`timeline`) and the HTML page draws them.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +18,12 @@ pub enum MarkKind {
     Upgrade,
     /// The agent endpoint accepted a heartbeat from the node.
     Heartbeat,
+    /// The node was cordoned (after it left the client's rotation).
+    Cordon,
+    /// The node was drained: from the drain's start until its pods were evicted.
+    Drain,
+    /// The node was replaced: its VM shut down and its Node deleted.
+    Deleted,
 }
 
 impl MarkKind {
@@ -28,6 +35,9 @@ impl MarkKind {
             MarkKind::LinkShaped => "link-shaped",
             MarkKind::Upgrade => "upgrade",
             MarkKind::Heartbeat => "heartbeat",
+            MarkKind::Cordon => "cordon",
+            MarkKind::Drain => "drain",
+            MarkKind::Deleted => "deleted",
         }
     }
 }

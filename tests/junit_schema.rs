@@ -29,6 +29,7 @@ fn check(name: &str, status: Status, attempts: &[Option<Failure>]) -> CheckRecor
                 failure: f.clone(),
                 transcript: "$ systemctl is-active kubelet\nactive\n".into(),
                 node: Some("node-1".into()),
+                figures: Default::default(),
             })
             .collect(),
         control_plane: None,

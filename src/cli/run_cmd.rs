@@ -52,6 +52,14 @@ pub struct RunArgs {
     /// A signed upgrade bundle's manifest (hot upgrade suite), verified with --trust.
     #[arg(long, value_name = "PATH")]
     upgrade_bundle: Option<PathBuf>,
+    /// The signed manifest of the image in the field, that the image is rolled out into
+    /// (the roll-out suite's legacy image), verified with --trust.
+    #[arg(long, value_name = "PATH")]
+    legacy_manifest: Option<PathBuf>,
+    /// The roll-out's pool: legacy=N,candidate=M nodes (default: the profile's
+    /// [rollout]).
+    #[arg(long, value_name = "legacy=N,candidate=M")]
+    pool: Option<crate::profile::PoolSpec>,
     /// The image profile (profiles/*.toml).
     #[arg(long, value_name = "PATH", required_unless_present = "list")]
     profile: Option<PathBuf>,
@@ -201,9 +209,9 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
                 .into(),
         ));
     }
-    if let Some(img) = &args.image {
-        std::fs::metadata(img).map_err(|source| CliError::Input {
-            path: img.clone(),
+    for file in [&args.image, &args.legacy_manifest].into_iter().flatten() {
+        std::fs::metadata(file).map_err(|source| CliError::Input {
+            path: file.clone(),
             source,
         })?;
     }
@@ -243,6 +251,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         min_version: args.min_version,
         allow_unsigned: args.allow_unsigned,
         upgrade_bundle: args.upgrade_bundle.clone(),
+        legacy_manifest: args.legacy_manifest.clone(),
+        pool: args.pool,
         profile,
         profile_path,
         control_planes,

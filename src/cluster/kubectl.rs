@@ -81,10 +81,18 @@ fn describe(cmd: &Command) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let mut after_kubeconfig = false;
     let args: Vec<String> = cmd
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
-        .filter(|a| !a.starts_with("--kubeconfig") && !a.starts_with("--request-timeout"))
+        .filter(|a| {
+            // `--kubeconfig PATH` says nothing a reader needs: both words go.
+            let skip = after_kubeconfig
+                || a.starts_with("--kubeconfig")
+                || a.starts_with("--request-timeout");
+            after_kubeconfig = a == "--kubeconfig";
+            !skip
+        })
         .map(|a| {
             if a.len() > 60 {
                 format!("{}...", &a[..57])
@@ -169,6 +177,12 @@ impl Kubectl {
             None,
             self.deadline(),
         )
+    }
+
+    /// Runs kubectl with `args` within `timeout` (a command that waits on the cluster
+    /// itself, such as `drain --timeout`); returns stdout.
+    pub fn run_within(&self, args: &[&str], timeout: Duration) -> Result<String, ClusterError> {
+        run_command_within(self.provider, &mut self.command(args), None, timeout)
     }
 
     /// Runs kubectl with `args`, feeding `stdin`; returns stdout.
@@ -289,6 +303,19 @@ pub fn set_server(kubeconfig: &str, server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_shown_without_their_kubeconfig() {
+        let mut c = Command::new("/opt/bin/kubectl");
+        c.args([
+            "--kubeconfig",
+            "/run/x/admin.conf",
+            "--request-timeout=20s",
+            "drain",
+            "n1",
+        ]);
+        assert_eq!(describe(&c), "kubectl drain n1");
+    }
 
     #[test]
     fn set_server_rewrites_only_server_lines() {

@@ -205,6 +205,9 @@ pub struct VerifyOptions<'a> {
     pub snapshot: Option<&'a Path>,
     /// Verify this file as the manifest's disk artifact instead of the one it names.
     pub disk: Option<&'a Path>,
+    /// Whether the trust store's released versions are a floor (not for an image that is
+    /// itself in the field, such as a roll-out's legacy image).
+    pub released_floor: bool,
 }
 
 impl<'a> VerifyOptions<'a> {
@@ -218,6 +221,7 @@ impl<'a> VerifyOptions<'a> {
             now: SystemTime::now(),
             snapshot: None,
             disk: None,
+            released_floor: true,
         }
     }
 }
@@ -372,10 +376,14 @@ fn rollback_floor(name: &str, opts: &VerifyOptions<'_>) -> Option<RollbackFloor>
         version: v,
         source: format!("--min-version {v}"),
     });
-    let released = opts.trust.released(name).map(|(v, file)| RollbackFloor {
-        version: v,
-        source: format!("{} ({name} = {v})", file.display()),
-    });
+    let released = opts
+        .trust
+        .released(name)
+        .filter(|_| opts.released_floor)
+        .map(|(v, file)| RollbackFloor {
+            version: v,
+            source: format!("{} ({name} = {v})", file.display()),
+        });
     match (flag, released) {
         (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
         (a, b) => a.or(b),

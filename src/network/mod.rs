@@ -63,6 +63,20 @@ impl Dialer {
         }
     }
 
+    /// Starts a thread whose sockets live where this dialer's do, for all its life.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<std::thread::JoinHandle<io::Result<T>>> {
+        match self {
+            Dialer::Host => std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || Ok(f())),
+            Dialer::Namespace(ns) => ns.spawn(name, f),
+        }
+    }
+
     /// Whether this is the run's namespace.
     pub fn is_namespace(&self) -> bool {
         matches!(self, Dialer::Namespace(_))

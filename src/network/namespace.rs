@@ -126,6 +126,22 @@ impl Namespace {
         .map_err(NamespaceError::Enter)
     }
 
+    /// Starts a thread that lives inside the namespace for all its life (a client that
+    /// opens many sockets there); it holds the namespace until it ends.
+    pub fn spawn<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<std::thread::JoinHandle<io::Result<T>>> {
+        let ns = self.clone();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                set_ns(ns.fd.as_raw_fd())?;
+                Ok(f())
+            })
+    }
+
     /// A TCP connection to `addr` inside the namespace.
     pub fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         self.within(|| TcpStream::connect_timeout(&addr, timeout))

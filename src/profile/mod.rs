@@ -4,6 +4,7 @@
 //! that reaches the guest's shell, the seed or QEMU is typed ([`values`]) and checked
 //! when the file is loaded.
 
+pub mod rollout;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use rollout::{PoolSpec, RolloutProfile, SkewPolicy, WorkloadProfile};
 pub use values::{
     CriEndpoint, FileName, GuestPath, HttpUrl, UnitName, UrlPath, UserName, UserNetAddr, Word,
 };
@@ -52,6 +54,9 @@ pub struct Profile {
     /// How a hot upgrade bundle is applied.
     #[serde(default)]
     pub upgrade: UpgradeProfile,
+    /// How the image rolls out into a pool of legacy nodes (the roll-out suite).
+    #[serde(default)]
+    pub rollout: RolloutProfile,
     /// How each component's version is read from its binary (by manifest component
     /// name: `kubelet`, `containerd`...).
     #[serde(default)]
@@ -440,6 +445,7 @@ impl Profile {
                 return Err(format!("[budgets] `{k}` must be more than zero"));
             }
         }
+        self.rollout.validate()?;
         for (name, c) in &self.components {
             c.pattern()
                 .map_err(|e| format!("[components.{}] {e}", crate::message::one_line(name)))?;

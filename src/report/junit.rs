@@ -108,7 +108,8 @@ fn case(c: &CheckReport, classname: &str) -> TestCase {
 }
 
 /// A check's own facts, as properties of its testsuite (the strict schema allows no
-/// `<properties>` in a testcase): `check.NAME.description`, `check.NAME.tags`.
+/// `<properties>` in a testcase): `check.NAME.description`, `check.NAME.tags`, and what
+/// it measured, `check.NAME.figure.FIGURE`.
 fn case_properties(c: &CheckReport) -> Vec<Property> {
     let mut p = vec![Property::new(
         format!("check.{}.description", c.name),
@@ -118,6 +119,12 @@ fn case_properties(c: &CheckReport) -> Vec<Property> {
         p.push(Property::new(
             format!("check.{}.tags", c.name),
             c.tags.join(","),
+        ));
+    }
+    for (k, v) in &c.figures {
+        p.push(Property::new(
+            format!("check.{}.figure.{k}", c.name),
+            v.clone(),
         ));
     }
     p

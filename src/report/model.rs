@@ -57,6 +57,69 @@ pub struct RunReport {
     /// The image × control plane grid; `null` in a run with one control plane.
     #[serde(default)]
     pub grid: Option<Grid>,
+    /// What each roll-out check's client sent and lost, second by second.
+    #[serde(default)]
+    pub traffic: Vec<TrafficReport>,
+}
+
+/// What a check's client sent while the check ran (the roll-out's), and what it lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficReport {
+    /// The check it ran for.
+    pub check: String,
+    /// RFC 3339 UTC, milliseconds.
+    pub started: String,
+    /// Seconds it ran.
+    pub duration_secs: f64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Requests without a good answer.
+    pub failed: u64,
+    /// The longest stretch without a good answer, in seconds.
+    pub longest_gap_secs: f64,
+    /// Per second from `started`: `[answered, failed]`.
+    pub seconds: Vec<[u32; 2]>,
+    /// Good answers by the node whose pod gave them.
+    pub served_by: BTreeMap<String, u64>,
+    /// The first failures: seconds from `started`, the node sent to, why.
+    pub failures: Vec<RequestFailureReport>,
+}
+
+/// One request that got no good answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFailureReport {
+    /// Seconds from the client's start.
+    pub at_secs: f64,
+    /// The node it was sent to.
+    pub node: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+impl TrafficReport {
+    fn new(check: &str, t: &crate::rollout::client::Traffic) -> TrafficReport {
+        TrafficReport {
+            check: check.into(),
+            started: humantime::format_rfc3339_millis(t.started).to_string(),
+            duration_secs: t.duration.as_secs_f64(),
+            sent: t.sent,
+            failed: t.failed,
+            longest_gap_secs: t.longest_gap.as_secs_f64(),
+            seconds: t.seconds.iter().map(|(a, b)| [*a, *b]).collect(),
+            served_by: t.served_by.clone(),
+            failures: t
+                .failures
+                .iter()
+                .map(|f| RequestFailureReport {
+                    at_secs: f.at.as_secs_f64(),
+                    node: f.node.clone(),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One control plane of the run (a grid column).
@@ -86,7 +149,8 @@ pub fn column_fact(name: &str) -> bool {
 pub struct MarkReport {
     /// The node.
     pub node: String,
-    /// `not-ready`, `link-cut`, `link-shaped`, `upgrade` or `heartbeat`.
+    /// `not-ready`, `link-cut`, `link-shaped`, `upgrade`, `heartbeat`, `cordon`, `drain`
+    /// or `deleted`.
     pub kind: String,
     /// RFC 3339 UTC, milliseconds.
     pub at: String,
@@ -165,6 +229,9 @@ pub struct CheckReport {
     pub expected: Option<String>,
     /// Its actual value.
     pub actual: Option<String>,
+    /// What its last attempt measured (name -> value), e.g. `requests_lost`.
+    #[serde(default)]
+    pub figures: BTreeMap<String, String>,
     /// Every attempt.
     pub attempts: Vec<AttemptReport>,
 }
@@ -227,6 +294,11 @@ impl CheckReport {
             message: f.map(|f| f.message.clone()),
             expected: f.and_then(|f| f.expected.clone()),
             actual: f.and_then(|f| f.actual.clone()),
+            figures: r
+                .attempts
+                .last()
+                .map(|a| a.figures.clone())
+                .unwrap_or_default(),
             attempts: r
                 .attempts
                 .iter()
@@ -278,6 +350,7 @@ impl Recorder {
                 timeline: Vec::new(),
                 control_planes: Vec::new(),
                 grid: None,
+                traffic: Vec::new(),
             },
             start: Instant::now(),
         }
@@ -351,6 +424,7 @@ impl Recorder {
                 duration_secs: m.duration.map(|d| d.as_secs_f64()),
                 label: m.label.clone(),
             }),
+            Event::Traffic { id, traffic } => r.traffic.push(TrafficReport::new(id, traffic)),
             Event::Artifact { name, path } => {
                 r.artifacts.insert(name.clone(), path.clone());
             }

@@ -128,6 +128,7 @@ impl Terminal {
             | Event::NodeProperty { .. }
             | Event::Artifact { .. }
             | Event::Mark(_)
+            | Event::Traffic { .. }
             | Event::CheckStarted { .. } => {}
             Event::CheckRetrying {
                 id,

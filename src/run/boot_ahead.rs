@@ -76,7 +76,7 @@ impl NodeEnvironment<'_> {
             });
             return;
         }
-        let Ok(boot) = self.boot.clone() else {
+        let Ok(image) = self.image() else {
             return;
         };
         let per_vm = vm::footprint_mib(self.config.profile.vm.memory_mib);
@@ -91,7 +91,7 @@ impl NodeEnvironment<'_> {
             return;
         }
         // A VM that cannot start now is started again, and its error said, by the check.
-        let Ok(b) = self.start_vm(&boot, emit) else {
+        let Ok(b) = self.start_vm(&image, None, emit) else {
             return;
         };
         node_fact(emit, &b.name, "boot.ahead", "true".into());

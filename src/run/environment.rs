@@ -31,6 +31,11 @@ pub struct NodeEnvironment<'c> {
     pub verification: Verification,
     /// The upgrade bundle's verification, if one was given.
     pub bundle: Option<Verification>,
+    /// The roll-out's legacy image, if one was given.
+    pub legacy: Option<super::pool::LegacyImage>,
+    /// The roll-out's pool, once prepared.
+    pub(super) pool: Option<super::pool::Pool>,
+    pub(super) pool_failed: Option<Stop>,
     pub(super) disk: PathBuf,
     pub(super) disk_format: Option<String>,
     /// How the VMs boot, or why they cannot (an image fault found before any boot).
@@ -157,6 +162,9 @@ impl<'c> NodeEnvironment<'c> {
             rundir,
             verification,
             bundle: None,
+            legacy: None,
+            pool: None,
+            pool_failed: None,
             disk: disk.path,
             disk_format: disk.format,
             boot: disk.boot,
@@ -319,7 +327,7 @@ impl<'c> NodeEnvironment<'c> {
 
     /// Tears down the shared node and its peers (nothing runs on them once the
     /// destructive checks start: they run last).
-    fn release_shared(&mut self, emit: &mut dyn FnMut(Event)) {
+    pub(super) fn release_shared(&mut self, emit: &mut dyn FnMut(Event)) {
         for m in std::mem::take(&mut self.peers) {
             self.release(m, emit);
         }
@@ -328,9 +336,16 @@ impl<'c> NodeEnvironment<'c> {
         }
     }
 
-    /// The verifications, back from a finished environment.
-    pub fn into_verifications(self) -> (Verification, Option<Verification>) {
-        (self.verification, self.bundle)
+    /// The verifications, back from a finished environment: the image's, the bundle's and
+    /// the legacy image.
+    pub fn into_verifications(
+        self,
+    ) -> (
+        Verification,
+        Option<Verification>,
+        Option<super::pool::LegacyImage>,
+    ) {
+        (self.verification, self.bundle, self.legacy)
     }
 
     /// Tears down every machine and then the control plane.
@@ -340,6 +355,7 @@ impl<'c> NodeEnvironment<'c> {
             self.release(m, emit);
         }
         self.release_shared(emit);
+        self.release_pool(emit);
         if let Some(cp) = self.cp.take() {
             let _ = phase(emit, Phase::Teardown, "control plane".into(), None, |_| {
                 drop(cp);
@@ -379,6 +395,11 @@ impl Environment for NodeEnvironment<'_> {
                 self.config.profile.name
             ));
         }
+        if check.needs_pool() && self.legacy.is_none() {
+            return Some(
+                "needs a legacy image to roll the image out into (--legacy-manifest)".into(),
+            );
+        }
         let (mode, why) = &self.network_mode;
         if check.needs_cluster_network() && *mode == NetworkMode::User {
             return Some(format!(
@@ -402,8 +423,10 @@ impl Environment for NodeEnvironment<'_> {
     }
 
     fn prepare(&mut self, need: Need, emit: &mut dyn FnMut(Event)) -> Result<(), Stop> {
-        if need == Need::Manifest {
-            return Ok(());
+        match need {
+            Need::Manifest => return Ok(()),
+            Need::Pool => return self.prepare_pool(emit),
+            Need::Guest | Need::Node => {}
         }
         if let Some(s) = &self.shared_failed {
             return Err(s.clone());
@@ -424,9 +447,13 @@ impl Environment for NodeEnvironment<'_> {
             Some(mut m) => {
                 if join && m.joined.is_none() {
                     let mut peers = std::mem::take(&mut self.peers);
+                    let route = self.config.nodes > 1;
+                    let mut all: Vec<&mut super::machines::Machine> =
+                        std::iter::once(&mut m).chain(peers.iter_mut()).collect();
                     let r = self
-                        .join(&mut m, emit)
-                        .and_then(|_| peers.iter_mut().try_for_each(|p| self.join(p, emit)));
+                        .join_all(&mut all, route, emit)
+                        .into_iter()
+                        .collect::<Result<Vec<()>, Stop>>();
                     self.peers = peers;
                     r.map(|_| m)
                 } else {
@@ -479,6 +506,27 @@ impl Environment for NodeEnvironment<'_> {
     }
 
     fn run(&mut self, check: &Check, attempt: &mut Attempt) -> Result<(), Failure> {
+        if check.need == Need::Pool {
+            let (profile, network) = (&self.config.profile, self.network_mode.0);
+            let (verification, bundle) = (&self.verification, self.bundle.as_ref());
+            let (disk, disk_format, scratch) =
+                (&self.disk, self.disk_format.as_deref(), self.rundir.path());
+            let view = super::pool::view(&mut self.pool, self.cp.as_ref(), self.network.as_ref());
+            let mut env = CheckEnv {
+                profile,
+                verification,
+                disk,
+                disk_format,
+                scratch,
+                bundle,
+                guest: None,
+                member: None,
+                network,
+                peers: Vec::new(),
+                pool: view,
+            };
+            return check.run(&mut env, attempt);
+        }
         let machine = if check.destructive {
             self.fresh.as_mut()
         } else {
@@ -531,11 +579,16 @@ impl Environment for NodeEnvironment<'_> {
             member,
             network: self.network_mode.0,
             peers,
+            pool: None,
         };
         check.run(&mut env, attempt)
     }
 
     fn on_failure(&mut self, check: &Check, emit: &mut dyn FnMut(Event)) {
+        if check.need == Need::Pool {
+            self.pool_logs(emit);
+            return;
+        }
         let m = if check.destructive {
             self.fresh.as_mut()
         } else {

@@ -19,6 +19,16 @@ use crate::vm::{Boot, GuestForward, Vm, VmConfig, VmError};
 use super::artifacts;
 use super::environment::{classify_vm, node_fact, stop, NodeEnvironment};
 
+/// What a VM boots: a disk (the verified copy), its stated format, how it boots, and the
+/// kubeadm release its manifest names (the join's configuration API follows it).
+#[derive(Debug, Clone)]
+pub(super) struct VmImage {
+    pub(super) path: PathBuf,
+    pub(super) format: Option<String>,
+    pub(super) boot: Boot,
+    pub(super) kubeadm: Option<String>,
+}
+
 /// One booted VM and what belongs to it. Fields drop in order: the Node and its token
 /// first, then the session, then the VM, then its tap on the run's bridge.
 pub struct Machine {
@@ -30,6 +40,14 @@ pub struct Machine {
     pub(super) link: Option<NodeLink>,
     /// Node name (and artifacts sub-folder).
     pub name: String,
+    /// The kubeadm release of its image's manifest.
+    pub(super) kubeadm: Option<String>,
+    /// When its QEMU started.
+    pub(super) started: Instant,
+    /// When it was up (SSH and systemd answered).
+    pub(super) up_at: Instant,
+    /// When its Node was Ready after its join.
+    pub(super) ready_at: Option<Instant>,
 }
 
 /// A VM whose QEMU runs, not yet known to be up.
@@ -39,6 +57,7 @@ pub(super) struct Booting {
     link: Option<NodeLink>,
     pub(super) name: String,
     pub(super) started: Instant,
+    kubeadm: Option<String>,
 }
 
 /// A [`Booting`] VM after its wait for SSH and systemd, and when that wait ended.
@@ -46,6 +65,13 @@ pub(super) struct Waited {
     booting: Booting,
     result: Result<SshSession, VmError>,
     ended: Instant,
+}
+
+impl Waited {
+    /// The name of the machine and when its QEMU started.
+    pub(super) fn booting_name(&self) -> (String, Instant) {
+        (self.booting.name.clone(), self.booting.started)
+    }
 }
 
 impl Booting {
@@ -79,19 +105,7 @@ impl NodeEnvironment<'_> {
         join: bool,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Vec<Machine>, Stop> {
-        if let Verification::Refused(e) = &self.verification {
-            return Err(stop(
-                StopKind::Integrity,
-                Phase::Verify,
-                format!("image refused at verification, nothing booted: {e}"),
-            ));
-        }
-        let boot = self
-            .boot
-            .clone()
-            .map_err(|why| stop(StopKind::Image, Phase::Boot, why))?;
-        // An image with nothing to boot is found before a control plane starts.
-        self.check_disk()?;
+        let image = self.image()?;
         if self.will_join {
             self.control_plane(emit)?;
         }
@@ -110,7 +124,7 @@ impl NodeEnvironment<'_> {
             // QEMU starts on this (the main) thread: its parent-death signal is tied to it.
             let mut booting = Vec::new();
             for _ in 0..wave {
-                booting.push(self.start_vm(&boot, emit)?);
+                booting.push(self.start_vm(&image, None, emit)?);
             }
             let waited: Vec<Waited> = std::thread::scope(|s| {
                 let threads: Vec<_> = booting
@@ -139,11 +153,36 @@ impl NodeEnvironment<'_> {
             ready.extend(wave_ready.into_iter().rev());
         }
         if join {
-            for m in &mut ready {
-                self.join(m, emit)?;
-            }
+            let route = self.config.nodes > 1;
+            let mut all: Vec<&mut Machine> = ready.iter_mut().collect();
+            self.join_all(&mut all, route, emit)
+                .into_iter()
+                .collect::<Result<Vec<()>, Stop>>()?;
         }
         Ok(ready)
+    }
+
+    /// The image under test as VMs boot it; an image refused at verification or with
+    /// nothing to boot stops here, before a control plane starts.
+    pub(super) fn image(&mut self) -> Result<VmImage, Stop> {
+        if let Verification::Refused(e) = &self.verification {
+            return Err(stop(
+                StopKind::Integrity,
+                Phase::Verify,
+                format!("image refused at verification, nothing booted: {e}"),
+            ));
+        }
+        let boot = self
+            .boot
+            .clone()
+            .map_err(|why| stop(StopKind::Image, Phase::Boot, why))?;
+        self.check_disk()?;
+        Ok(VmImage {
+            path: self.disk.clone(),
+            format: self.disk_format.clone(),
+            boot,
+            kubeadm: kubeadm_release(self.verification.manifest()),
+        })
     }
 
     /// Ends the boot phase of a waited VM: the machine, or the stop (its console kept as
@@ -184,6 +223,10 @@ impl NodeEnvironment<'_> {
                     endpoint: b.endpoint,
                     link: b.link,
                     name: b.name,
+                    kubeadm: b.kubeadm,
+                    started: b.started,
+                    up_at: ended,
+                    ready_at: None,
                 })
             }
             Err(s) => {
@@ -193,15 +236,24 @@ impl NodeEnvironment<'_> {
         }
     }
 
-    /// Prepares one VM's folder, network and agent endpoint and starts QEMU; the boot
-    /// phase starts here.
+    /// Prepares one VM of `image` (its folder, network and agent endpoint) and starts
+    /// QEMU; the boot phase starts here. A roll-out's node carries its pool in its name.
     pub(super) fn start_vm(
         &mut self,
-        boot: &Boot,
+        image: &VmImage,
+        pool: Option<crate::rollout::PoolRole>,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Booting, Stop> {
         self.machines += 1;
-        let name = format!("nodegate-{}-{}", self.run_id, self.machines);
+        let name = match pool {
+            Some(role) => format!(
+                "nodegate-{}-{}-{}",
+                self.run_id,
+                role.as_str(),
+                self.machines
+            ),
+            None => format!("nodegate-{}-{}", self.run_id, self.machines),
+        };
         let p = &self.config.profile;
         let temp = tempfile::Builder::new()
             .prefix("vm-")
@@ -215,11 +267,11 @@ impl NodeEnvironment<'_> {
             })?;
         let mut vc = VmConfig::new(
             &name,
-            self.disk.clone(),
-            boot.clone(),
+            image.path.clone(),
+            image.boot.clone(),
             temp.path().to_owned(),
         );
-        vc.image_format = self.disk_format.clone();
+        vc.image_format = image.format.clone();
         vc.accel = self.config.accel;
         vc.vcpus = p.vm.vcpus;
         vc.memory_mib = p.vm.memory_mib;
@@ -336,6 +388,7 @@ impl NodeEnvironment<'_> {
             link,
             name,
             started,
+            kubeadm: image.kubeadm.clone(),
         })
     }
 
@@ -345,15 +398,20 @@ impl NodeEnvironment<'_> {
         if let Some(r) = &self.disk_checked {
             return r.clone();
         }
-        let r = disk::inspect(&self.disk, self.disk_format.as_deref())
-            .and_then(|info| disk::check_bootable(&self.disk, &info, self.rundir.path()))
+        let r = self.check_disk_of(&self.disk.clone(), self.disk_format.clone().as_deref());
+        self.disk_checked = Some(r.clone());
+        r
+    }
+
+    /// Inspects a disk before it boots (see [`NodeEnvironment::check_disk`]).
+    pub(super) fn check_disk_of(&self, path: &Path, format: Option<&str>) -> Result<(), Stop> {
+        disk::inspect(path, format)
+            .and_then(|info| disk::check_bootable(path, &info, self.rundir.path()))
             .map(|_| ())
             .map_err(|e| {
                 let e = VmError::Disk(e);
                 stop(classify_vm(&e), Phase::Boot, e.to_string())
-            });
-        self.disk_checked = Some(r.clone());
-        r
+            })
     }
 }
 
@@ -369,10 +427,16 @@ impl Machine {
     }
 }
 
+/// The kubeadm release a manifest names (its kubelet's, without a kubeadm of its own).
+pub(super) fn kubeadm_release(m: Option<&crate::image::Manifest>) -> Option<String> {
+    let c = &m?.components;
+    c.get("kubeadm").or_else(|| c.get("kubelet")).cloned()
+}
+
 /// How many VMs boot at once unless `--jobs` says: as many as the host's cores hold at
 /// `vcpus` each (at least one). Under TCG a guest's vCPUs are busy threads, so on two
 /// cores two 2-vCPU guests booting together take as long as one after the other.
-fn default_jobs(vcpus: u32) -> usize {
+pub(super) fn default_jobs(vcpus: u32) -> usize {
     (host_cores() / vcpus.max(1) as usize).max(1)
 }
 

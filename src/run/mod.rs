@@ -10,6 +10,7 @@ mod evidence;
 mod joining;
 pub mod machines;
 mod pod_network;
+pub mod pool;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ pub struct RunConfig {
     pub allow_unsigned: bool,
     /// A signed upgrade bundle's manifest, for the hot upgrade suite.
     pub upgrade_bundle: Option<PathBuf>,
+    /// The signed manifest of the image in the field, that the image under test is rolled
+    /// out into (the roll-out suite).
+    pub legacy_manifest: Option<PathBuf>,
+    /// The roll-out's pool from the command line (`--pool`), over the profile's.
+    pub pool: Option<crate::profile::PoolSpec>,
     /// The image profile.
     pub profile: Profile,
     /// Where the profile came from.
@@ -176,17 +182,28 @@ fn check_capacity(
         )));
     }
     let boots = checks.iter().any(|c| c.need != Need::Manifest);
-    let at_once = n + usize::from(checks.iter().any(|c| c.destructive));
+    // The pool boots once every other VM is gone.
+    let r = &config.profile.rollout;
+    let pool = if checks.iter().any(|c| c.need == Need::Pool) {
+        config
+            .pool
+            .map_or(r.legacy + r.candidate, |p| p.legacy + p.candidate)
+    } else {
+        0
+    };
+    let at_once = (n + usize::from(checks.iter().any(|c| c.destructive))).max(pool);
     let per_vm = crate::vm::footprint_mib(config.profile.vm.memory_mib);
     let needed = at_once as u64 * per_vm;
     match crate::vm::mem_available_mib() {
         Some(available) if boots && needed > available => Err(RunError::Environment(format!(
-            "{at_once} VMs at once (--nodes {n}{}) need {needed} MiB ({per_vm} MiB each: the \
+            "{at_once} VMs at once ({}) need {needed} MiB ({per_vm} MiB each: the \
              profile's vm.memory_mib and QEMU's own); this host has {available} MiB available",
-            if at_once > n {
-                " and a destructive check's own node"
+            if pool == at_once {
+                "the roll-out's pool".to_string()
+            } else if at_once > n {
+                format!("--nodes {n} and a destructive check's own node")
             } else {
-                ""
+                format!("--nodes {n}")
             }
         ))),
         _ => Ok(()),
@@ -226,21 +243,20 @@ fn verify(config: &RunConfig, snapshot: Option<&Path>) -> Result<Verification, R
     verify_file(
         config,
         manifest,
-        config.signature.clone(),
-        config.min_version,
+        (config.signature.clone(), config.min_version, true),
         config.image.as_deref(),
         snapshot,
     )
 }
 
-/// Verifies one manifest (image or bundle) with the run's trust store; `disk`: verify
-/// this file as its disk (`--image`); `snapshot`: copy the artifacts there as they are
-/// hashed.
+/// Verifies one manifest (image, bundle or legacy image) with the run's trust store, with
+/// its signature file, rollback floor and whether the trust store's released versions are
+/// a floor too; `disk`: verify this file as its disk (`--image`); `snapshot`: copy the
+/// artifacts there as they are hashed.
 fn verify_file(
     config: &RunConfig,
     manifest: &Path,
-    signature: Option<PathBuf>,
-    min_version: Option<u64>,
+    (signature, min_version, released_floor): (Option<PathBuf>, Option<u64>, bool),
     disk: Option<&Path>,
     snapshot: Option<&Path>,
 ) -> Result<Verification, RunError> {
@@ -269,6 +285,7 @@ fn verify_file(
     opts.min_version = min_version;
     opts.snapshot = snapshot;
     opts.disk = disk;
+    opts.released_floor = released_floor;
     match image::verify(manifest, &opts) {
         Ok(v) => Ok(Verification::Verified(Box::new(v))),
         Err(
@@ -312,13 +329,15 @@ fn read_cmdline(path: &Path) -> Result<String, String> {
     Ok(line.to_string())
 }
 
-/// Where the disk is, its format and how it boots. Verified artifacts are read from
-/// their verified copies.
-fn disk_and_boot(config: &RunConfig, v: &Verification, m: Option<&Manifest>) -> BootDisk {
-    let folder = config
-        .manifest
-        .as_deref()
-        .map(image::verify::manifest_folder);
+/// Where the disk of the image whose manifest is `manifest` (`image`: `--image`) is, its
+/// format and how it boots. Verified artifacts are read from their verified copies.
+fn disk_and_boot(
+    config: &RunConfig,
+    (manifest, image): (Option<&Path>, Option<&Path>),
+    v: &Verification,
+    m: Option<&Manifest>,
+) -> BootDisk {
+    let folder = manifest.map(image::verify::manifest_folder);
     let verified = matches!(v, Verification::Verified(_));
     let path_of = |role: ArtifactRole| -> Option<PathBuf> {
         if let Verification::Verified(v) = v {
@@ -327,15 +346,15 @@ fn disk_and_boot(config: &RunConfig, v: &Verification, m: Option<&Manifest>) -> 
         let a = m?.artifact(role)?;
         Some(folder.as_ref()?.join(&a.path))
     };
-    let path = match &config.image {
-        Some(img) if !verified => Some(img.clone()),
+    let path = match image {
+        Some(img) if !verified => Some(img.to_owned()),
         _ => path_of(ArtifactRole::Disk),
     }
     .unwrap_or_default();
     // The format the manifest states, for its own disk (or --image verified as it).
     let format = m
         .and_then(|m| m.artifact(ArtifactRole::Disk))
-        .filter(|_| verified || config.image.is_none())
+        .filter(|_| verified || image.is_none())
         .map(|a| a.format.clone());
     let secure_boot = config.profile.vm.secure_boot;
     let boot = match path_of(ArtifactRole::Kernel) {
@@ -404,6 +423,9 @@ fn properties(
     if let Some(path) = &config.upgrade_bundle {
         p.insert("upgrade.bundle".into(), path.display().to_string());
     }
+    if let Some(path) = &config.legacy_manifest {
+        p.insert("rollout.legacy".into(), path.display().to_string());
+    }
     p
 }
 
@@ -419,6 +441,14 @@ fn rank(code: i32) -> u8 {
     }
 }
 
+/// What each control plane's part of the run borrows in turn: the verifications of the
+/// image, the bundle and the legacy image.
+struct Lent {
+    verification: Option<Verification>,
+    bundle: Option<Verification>,
+    legacy: Option<pool::LegacyImage>,
+}
+
 /// Runs `checks` against one control plane `cp`, on its own network, nodes and control
 /// plane, all torn down before it returns; the verifications are lent to it.
 #[allow(clippy::too_many_arguments)]
@@ -426,8 +456,7 @@ fn run_column(
     config: &RunConfig,
     cp: &ControlPlaneChoice,
     rundir: &mut crate::rundir::RunDir,
-    verification: &mut Option<Verification>,
-    bundle: &mut Option<Verification>,
+    lent: &mut Lent,
     (disk, network): (BootDisk, (crate::network::NetworkMode, String)),
     checks: &[suite::Check],
     selection: &Selection,
@@ -436,11 +465,13 @@ fn run_column(
 ) -> (i32, Option<runner::Stop>) {
     let runs = |c: &&suite::Check| matches!(selection.verdict(c), Verdict::Run);
     let will_join = checks.iter().filter(runs).any(|c| c.need == Need::Node);
-    let v = verification
+    let v = lent
+        .verification
         .take()
         .expect("the verification is lent to one column at a time");
     let mut env = NodeEnvironment::new(config, cp, rundir, v, disk, will_join, network);
-    env.bundle = bundle.take();
+    env.bundle = lent.bundle.take();
+    env.legacy = lent.legacy.take();
     env.shape_links = checks.iter().filter(runs).any(|c| c.needs_link_shaping());
     env.fresh_planned = checks
         .iter()
@@ -450,8 +481,8 @@ fn run_column(
         .count();
     let r = runner::run(checks, selection, options, &mut env, emit);
     env.finish(emit);
-    let (v, b) = env.into_verifications();
-    (*verification, *bundle) = (Some(v), b);
+    let (v, b, l) = env.into_verifications();
+    (lent.verification, lent.bundle, lent.legacy) = (Some(v), b, l);
     r
 }
 
@@ -491,9 +522,41 @@ pub fn execute(
     let bundle = match &config.upgrade_bundle {
         Some(b) => {
             let snap = copies.then(|| rundir.path().join("bundle"));
-            Some(verify_file(config, b, None, None, None, snap.as_deref())?)
+            Some(verify_file(
+                config,
+                b,
+                (None, None, true),
+                None,
+                snap.as_deref(),
+            )?)
         }
         None => None,
+    };
+    // The roll-out's legacy image, when a roll-out check is selected: verified like the
+    // image, but the trust store's released versions are no floor for it (it is the image
+    // in the field).
+    let pool_selected = select(defs.clone(), selection)
+        .iter()
+        .flat_map(|s| s.checks.iter())
+        .any(|c| {
+            c.builtin
+                .as_deref()
+                .is_some_and(|b| suite::builtin::need(b).0 == Need::Pool)
+        });
+    let legacy = match (&config.legacy_manifest, pool_selected) {
+        (Some(m), true) => {
+            let snap = copies.then(|| rundir.path().join("legacy"));
+            let v = verify_file(config, m, (None, None, false), None, snap.as_deref())?;
+            let read = || Manifest::parse(&std::fs::read(m).ok()?).ok();
+            let lm = v.manifest().cloned().or_else(read);
+            let disk = disk_and_boot(config, (Some(m), None), &v, lm.as_ref());
+            Some(pool::LegacyImage {
+                manifest: m.clone(),
+                verification: v,
+                disk,
+            })
+        }
+        _ => None,
     };
     // A signal during verification leaves it unfinished; the runner then reports every
     // check as not run and the run as interrupted.
@@ -509,7 +572,12 @@ pub fn execute(
     // (a component this manifest does not list) does not block the others.
     let defs = select(defs, selection);
     let checks = runner::order(suite::plan(&defs, &vars)?);
-    let disk = disk_and_boot(config, &verification, manifest.as_ref());
+    let disk = disk_and_boot(
+        config,
+        (config.manifest.as_deref(), config.image.as_deref()),
+        &verification,
+        manifest.as_ref(),
+    );
     if matches!(verification, Verification::Unsigned(_)) && disk.path.as_os_str().is_empty() {
         return Err(RunError::Usage(
             "--image is required without a manifest".into(),
@@ -532,7 +600,7 @@ pub fn execute(
             .map_err(RunError::Environment)?;
         let mine: Vec<suite::Check> = checks
             .iter()
-            .filter(|c| i == 0 || c.need == Need::Node)
+            .filter(|c| i == 0 || c.need >= Need::Node)
             .cloned()
             .collect();
         check_capacity(config, &network, &mine)?;
@@ -570,8 +638,11 @@ pub fn execute(
             path: profile_copy,
         });
     }
-    let mut verification = Some(verification);
-    let mut bundle = bundle;
+    let mut lent = Lent {
+        verification: Some(verification),
+        bundle,
+        legacy,
+    };
     let (mut code, mut stop) = (exit::PASS, None::<runner::Stop>);
     let of = columns.len();
     for (index, (cp, network, mine)) in columns.into_iter().enumerate() {
@@ -604,7 +675,7 @@ pub fn execute(
                 if grid
                     && mine
                         .iter()
-                        .any(|c| c.need == Need::Node && c.id() == rec.id) =>
+                        .any(|c| c.need >= Need::Node && c.id() == rec.id) =>
             {
                 rec.control_plane = Some(cp.name.clone());
                 emit(Event::CheckFinished(rec));
@@ -615,8 +686,7 @@ pub fn execute(
             config,
             cp,
             &mut rundir,
-            &mut verification,
-            &mut bundle,
+            &mut lent,
             (disk.clone(), network),
             &mine,
             selection,
@@ -635,7 +705,9 @@ pub fn execute(
             stop = s;
         }
     }
-    let verification = verification.expect("every column gives the verification back");
+    let verification = lent
+        .verification
+        .expect("every column gives the verification back");
     if let Verification::Refused(e) = &verification {
         // A refused image is an integrity verdict whatever else stopped the run (only
         // pre-boot checks selected, --fail-fast), unless a signal did.

@@ -74,6 +74,8 @@ pub struct AttemptRecord {
     pub transcript: String,
     /// The node it ran on (none for checks that boot nothing).
     pub node: Option<String>,
+    /// What it measured (`requests_lost`, `provisioning_ratio`).
+    pub figures: std::collections::BTreeMap<String, String>,
 }
 
 /// The result of one check.
@@ -250,6 +252,13 @@ pub enum Event {
     },
     /// Something that happened on a node, for its timeline.
     Mark(crate::timeline::Mark),
+    /// What a check's client sent and lost while the check ran (a roll-out's).
+    Traffic {
+        /// The check's id.
+        id: String,
+        /// What the client saw.
+        traffic: Box<crate::rollout::client::Traffic>,
+    },
     /// A check began.
     CheckStarted {
         /// Its id.

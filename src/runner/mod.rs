@@ -52,9 +52,10 @@ pub struct RunOptions {
 }
 
 /// The checks of a run in run order: manifest checks first, then shared-VM checks, then
-/// node checks, then destructive ones (each on its own VM); suite order otherwise.
+/// node checks, then destructive ones (each on its own VM), then the roll-out's pool
+/// checks (on the pool, once the other VMs are gone); suite order otherwise.
 pub fn order(mut checks: Vec<Check>) -> Vec<Check> {
-    checks.sort_by_key(|c| (c.destructive, c.need));
+    checks.sort_by_key(|c| (c.need == Need::Pool, c.destructive, c.need));
     checks
 }
 
@@ -97,6 +98,7 @@ fn stopped(c: &Check, s: &Stop, blame: bool) -> CheckRecord {
             failure: Some(Failure::new(s.reason.clone())),
             transcript: String::new(),
             node: None,
+            figures: Default::default(),
         });
         return r;
     }
@@ -238,6 +240,7 @@ fn requirement_failed(c: &Check, failures: &HashMap<String, String>) -> Option<C
         ))),
         transcript: String::new(),
         node: None,
+        figures: Default::default(),
     });
     Some(rec)
 }
@@ -272,6 +275,7 @@ fn run_one(
             failure: Some(failure),
             transcript: String::new(),
             node: None,
+            figures: Default::default(),
         });
         return (rec, None);
     }
@@ -318,6 +322,12 @@ fn run_one(
         for m in std::mem::take(&mut attempt.marks) {
             emit(Event::Mark(m));
         }
+        for traffic in std::mem::take(&mut attempt.traffic) {
+            emit(Event::Traffic {
+                id: c.id(),
+                traffic: Box::new(traffic),
+            });
+        }
         let failure = result.err();
         let passed = failure.is_none();
         rec.attempts.push(AttemptRecord {
@@ -325,6 +335,7 @@ fn run_one(
             failure: failure.clone(),
             transcript: attempt.transcript,
             node,
+            figures: attempt.figures,
         });
         if passed {
             rec.status = if n == 1 {

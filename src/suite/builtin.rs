@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::context::{Attempt, CheckEnv, Failure};
 use super::{
     agent_checks, cluster_checks, component_checks, guest_checks, image_checks, integrity_checks,
-    multi_node_checks, partition_checks, pod_access_checks, secure_boot_checks, service_checks,
-    upgrade_checks,
+    multi_node_checks, partition_checks, pod_access_checks, rollout_checks, rollout_replacement,
+    rollout_upgrade, secure_boot_checks, service_checks, upgrade_checks,
 };
 
 /// What a check needs before it can run; the runner boots and joins accordingly.
@@ -19,6 +19,9 @@ pub enum Need {
     Guest,
     /// A guest joined to the control plane.
     Node,
+    /// The roll-out's pool: nodes of the legacy and the candidate image joined to one
+    /// control plane (its checks run last, in suite order, on the same pool).
+    Pool,
 }
 
 impl Need {
@@ -28,6 +31,7 @@ impl Need {
             Need::Manifest => "manifest",
             Need::Guest => "guest",
             Need::Node => "node",
+            Need::Pool => "pool",
         }
     }
 }
@@ -276,6 +280,46 @@ const SPECS: &[Spec] = &[
         open: false,
         destructive: true,
     },
+    Spec {
+        name: "version-skew",
+        need: Need::Pool,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "mixed-pool",
+        need: Need::Pool,
+        required: &["image"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "provisioning",
+        need: Need::Pool,
+        required: &[],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "pool-upgrade",
+        need: Need::Pool,
+        required: &["image", "ready_budget"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
+    Spec {
+        name: "replacement",
+        need: Need::Pool,
+        required: &["image"],
+        optional: &[],
+        open: false,
+        destructive: false,
+    },
 ];
 
 /// The built-ins that need the run's cluster network (the API server reaching the
@@ -287,6 +331,11 @@ const CLUSTER_NETWORK: &[&str] = &[
     "peer-port",
     "node-partition",
     "agent-partition",
+    "version-skew",
+    "mixed-pool",
+    "provisioning",
+    "pool-upgrade",
+    "replacement",
 ];
 
 /// The built-ins that judge the node agent at nodegate's endpoint: `not run` for a
@@ -392,7 +441,7 @@ impl Builtin {
         match self.name.as_str() {
             "manifest" => integrity_checks::aspect(self.param("aspect")).map(|_| ()),
             "image-files-absent" => image_checks::patterns(self.param("paths")).map(|_| ()),
-            "hot-upgrade" => self.duration("ready_budget").map(|_| ()),
+            "hot-upgrade" | "pool-upgrade" => self.duration("ready_budget").map(|_| ()),
             "node-ready" | "agent-registers" | "agent-reconnects" => {
                 self.duration("budget").map(|_| ())
             }
@@ -479,6 +528,11 @@ impl Builtin {
             "agent-state" => agent_checks::state(env, attempt),
             "upgrade-bundle" => upgrade_checks::bundle_verified(env, attempt),
             "hot-upgrade" => upgrade_checks::hot_upgrade(self, env, attempt),
+            "version-skew" => rollout_checks::version_skew(env, attempt),
+            "mixed-pool" => rollout_checks::mixed_pool(self, env, attempt),
+            "provisioning" => rollout_checks::provisioning(env, attempt),
+            "pool-upgrade" => rollout_upgrade::pool_upgrade(self, env, attempt),
+            "replacement" => rollout_replacement::replacement(self, env, attempt),
             other => Err(Failure::new(format!("unknown builtin `{other}`"))),
         }
     }

@@ -77,6 +77,8 @@ pub struct CheckEnv<'a> {
     pub network: crate::network::NetworkMode,
     /// The run's other nodes (`--nodes`), for checks across nodes.
     pub peers: Vec<super::multi_node_checks::Peer<'a>>,
+    /// The roll-out's pool of legacy and candidate nodes, for the roll-out's checks.
+    pub pool: Option<crate::rollout::PoolView<'a>>,
 }
 
 impl<'a> Guest<'a> {
@@ -103,6 +105,13 @@ impl<'a> CheckEnv<'a> {
         let mut names = vec![self.member()?.node.name().to_string()];
         names.extend(self.peers.iter().map(|p| p.name.to_string()));
         Ok(names)
+    }
+
+    /// The roll-out's pool (present for the roll-out's checks).
+    pub fn pool(&mut self) -> Result<&mut crate::rollout::PoolView<'a>, Failure> {
+        self.pool
+            .as_mut()
+            .ok_or_else(|| Failure::new("internal: no pool for a roll-out check"))
     }
 
     /// The cluster membership (present for checks that need the joined node).
@@ -156,6 +165,10 @@ pub struct Attempt {
     pub transcript: String,
     /// What the check saw happen on its nodes, for the timeline.
     pub marks: Vec<crate::timeline::Mark>,
+    /// The figures it measured (`requests_lost = 0`), for the report and JUnit.
+    pub figures: std::collections::BTreeMap<String, String>,
+    /// What its clients sent and lost while it ran (the roll-out's).
+    pub traffic: Vec<crate::rollout::client::Traffic>,
 }
 
 impl Attempt {
@@ -166,7 +179,36 @@ impl Attempt {
             timeout,
             transcript: String::new(),
             marks: Vec::new(),
+            figures: Default::default(),
+            traffic: Vec::new(),
         }
+    }
+
+    /// An attempt with the same deadline and nothing recorded yet, for work done on
+    /// another thread (one node of several); [`Attempt::merge`] takes it back.
+    pub fn child(&self) -> Attempt {
+        Attempt {
+            deadline: self.deadline,
+            timeout: self.timeout,
+            transcript: String::new(),
+            marks: Vec::new(),
+            figures: Default::default(),
+            traffic: Vec::new(),
+        }
+    }
+
+    /// Takes in what a [`Attempt::child`] recorded, its transcript under `heading`.
+    pub fn merge(&mut self, heading: &str, child: Attempt) {
+        let _ = writeln!(self.transcript, "--- {heading}");
+        self.transcript.push_str(&child.transcript);
+        self.marks.extend(child.marks);
+        self.figures.extend(child.figures);
+        self.traffic.extend(child.traffic);
+    }
+
+    /// Records a figure the check measured.
+    pub fn figure(&mut self, name: impl Into<String>, value: impl std::fmt::Display) {
+        self.figures.insert(name.into(), value.to_string());
     }
 
     /// Time left before the deadline; none once SIGINT or SIGTERM arrived, so that every

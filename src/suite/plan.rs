@@ -71,6 +71,11 @@ impl Check {
         matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_agent_profile(&b.name))
     }
 
+    /// Whether this check judges the roll-out's pool (it needs a legacy image).
+    pub fn needs_pool(&self) -> bool {
+        self.need == Need::Pool
+    }
+
     /// Whether this check needs two nodes or more (not run in a run of one).
     pub fn needs_several_nodes(&self) -> bool {
         matches!(&self.kind, CheckKind::Builtin(b) if builtin::needs_several_nodes(&b.name))
@@ -103,7 +108,7 @@ impl Check {
         bundle: Option<&super::Verification>,
     ) -> Option<Failure> {
         match &self.kind {
-            CheckKind::Builtin(b) if b.name == "hot-upgrade" => {
+            CheckKind::Builtin(b) if b.name == "hot-upgrade" || b.name == "pool-upgrade" => {
                 super::upgrade_checks::refused(verification, bundle)
             }
             _ => None,

@@ -12,7 +12,7 @@ use super::context::{shell_quote, Attempt, CheckEnv, Failure, Verification};
 use crate::image::{ArtifactRole, VerifiedImage};
 
 /// The verified bundle, or why there is none.
-fn verified(bundle: Option<&Verification>) -> Result<&VerifiedImage, String> {
+pub(super) fn verified(bundle: Option<&Verification>) -> Result<&VerifiedImage, String> {
     match bundle {
         Some(Verification::Verified(v)) => Ok(v),
         None => Err("no --upgrade-bundle given".into()),
@@ -69,6 +69,15 @@ pub(super) fn refused(image: &Verification, bundle: Option<&Verification>) -> Op
     applicable(image, bundle).err()
 }
 
+/// A bundle component the upgrade must leave running: name, how to read it, the
+/// version and the digest the bundle lists.
+pub(super) type Target<'b> = (
+    &'b str,
+    &'b crate::profile::ComponentProfile,
+    &'b str,
+    &'b str,
+);
+
 /// What is recorded before and compared after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Snapshot {
@@ -87,18 +96,10 @@ fn ready(node: &Value) -> bool {
 
 /// The bundle's versions of the components the profile can read, each with the binary
 /// path and the digest the bundle lists for it.
-fn bundle_targets<'b>(
+pub(super) fn bundle_targets<'b>(
     profile: &'b crate::profile::Profile,
     bundle: &'b VerifiedImage,
-) -> Result<
-    Vec<(
-        &'b str,
-        &'b crate::profile::ComponentProfile,
-        &'b str,
-        &'b str,
-    )>,
-    Failure,
-> {
+) -> Result<Vec<Target<'b>>, Failure> {
     if !bundle.manifest.components.contains_key("kubelet") {
         return Err(Failure::new(
             "the bundle manifest lists no `kubelet` component: nothing to expect after the upgrade",
@@ -153,7 +154,7 @@ fn canary_task(
 
 /// Puts the upgrade (from the script's start until now) and its NotReady stretches on
 /// the node's timeline.
-fn mark_upgrade(
+pub(super) fn mark_upgrade(
     attempt: &mut Attempt,
     node: &str,
     applied_at: Instant,
@@ -222,14 +223,7 @@ pub fn hot_upgrade(
      -> Result<Snapshot, Failure> {
         let cs = &p["status"]["containerStatuses"][0];
         let container_id = cs["containerID"].as_str().unwrap_or("").to_string();
-        let o = attempt.exec(ssh, "cat /proc/sys/kernel/random/boot_id")?;
-        let boot_id = o.stdout.trim().to_string();
-        if !o.success() || boot_id.len() != 36 {
-            return Err(Failure::new(format!(
-                "cannot read the guest's boot_id: {:?}",
-                o.stdout.trim()
-            )));
-        }
+        let boot_id = boot_id(attempt, ssh)?;
         let task = canary_task(attempt, ssh, &container_id)?;
         let restarts = cs["restartCount"]
             .as_i64()
@@ -249,157 +243,21 @@ pub fn hot_upgrade(
     let before = snapshot(attempt, g.ssh, &p)?;
     attempt.note(format!("before: {before:?}"));
 
-    // Upload and apply.
-    let dir = &profile.upgrade.guest_dir;
-    let staging = format!("/tmp/nodegate-upgrade-{}", std::process::id());
-    attempt.exec(g.ssh, &format!("mkdir -p {staging}"))?;
-    for a in bundle
-        .artifacts
-        .iter()
-        .filter(|a| a.role == ArtifactRole::Payload)
-    {
-        let file = a
-            .path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or("payload");
-        let t = Instant::now();
-        g.ssh
-            .upload(&a.path, &format!("{staging}/{file}"), 0o755)
-            .map_err(|e| Failure::new(format!("upload {}: {e}", a.path.display())))?;
-        attempt.note(format!(
-            "uploaded {file} ({} bytes) in {:.1}s",
-            a.size,
-            t.elapsed().as_secs_f64()
-        ));
-    }
-    // In the guest, check the payloads against the signed manifest again before running.
-    let sums: Vec<String> = bundle
-        .artifacts
-        .iter()
-        .filter(|a| a.role == ArtifactRole::Payload)
-        .map(|a| {
-            format!(
-                "{}  {}",
-                a.sha256,
-                a.path.file_name().and_then(|f| f.to_str()).unwrap_or("")
-            )
-        })
-        .collect();
-    let script = shell_quote(&profile.upgrade.script);
-    let apply = format!(
-        "set -e; rm -rf {dir}; mkdir -p {dir}; cp {staging}/* {dir}/; rm -rf {staging}; cd {dir}; printf '%s\\n' {} | sha256sum -c --quiet; ./{script}",
-        sums.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" "),
-        dir = shell_quote(dir),
-    );
-    // Watch Ready from just before the script until the node is back.
-    let mut not_ready: Vec<(Instant, Option<Instant>)> = Vec::new();
-    let watch = |not_ready: &mut Vec<(Instant, Option<Instant>)>| -> Option<Value> {
-        let n = kubectl.get("node", None, &node).ok().flatten()?;
-        let now = Instant::now();
-        match (ready(&n), not_ready.last_mut()) {
-            (false, Some((_, None))) => {}
-            (false, _) => not_ready.push((now, None)),
-            (true, Some((_, end @ None))) => *end = Some(now),
-            (true, _) => {}
-        }
-        Some(n)
-    };
-    watch(&mut not_ready);
     let applied_at = Instant::now();
-    let o = attempt.exec_root(g.ssh, &apply)?;
-    if !o.success() {
-        return Err(Failure::mismatch(
-            format!("the upgrade script failed: {}", o.stderr.trim()),
-            "exit status 0",
-            o.describe_end(),
-        ));
-    }
-    // Until Ready with the new kubelet version, within the budget.
-    let deadline = applied_at + budget;
-    loop {
-        let n = watch(&mut not_ready);
-        let reported = n
-            .as_ref()
-            .and_then(|n| {
-                n["status"]["nodeInfo"]["kubeletVersion"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .unwrap_or_default();
-        if n.as_ref().is_some_and(ready) && reported == want_kubelet {
-            break;
-        }
-        if Instant::now() >= deadline || attempt.remaining() < Duration::from_secs(5) {
-            mark_upgrade(attempt, &node, applied_at, &not_ready);
-            return Err(Failure::mismatch(
-                format!(
-                    "node {node} not Ready with the bundle's kubelet within {}",
-                    crate::message::duration(budget)
-                ),
-                format!("Ready, kubelet {want_kubelet}"),
-                format!(
-                    "Ready {}, kubelet {reported}",
-                    n.as_ref().is_some_and(ready)
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let mut not_ready = Vec::new();
+    let r = apply_bundle(attempt, g.ssh, profile, bundle).and_then(|()| {
+        wait_upgraded(
+            attempt,
+            kubectl,
+            &node,
+            &want_kubelet,
+            (applied_at, budget),
+            &mut not_ready,
+        )
+    });
     mark_upgrade(attempt, &node, applied_at, &not_ready);
-    let window: f64 = not_ready
-        .iter()
-        .map(|(a, b)| {
-            b.unwrap_or_else(Instant::now)
-                .duration_since(*a)
-                .as_secs_f64()
-        })
-        .sum();
-    attempt.note(format!(
-        "node Ready with {want_kubelet} {:.1}s after the upgrade started; NotReady window {window:.1}s ({} stretches)",
-        applied_at.elapsed().as_secs_f64(),
-        not_ready.len()
-    ));
-
-    // Every component at the bundle's version, from the bundle's binaries, running.
-    for (name, c, version, digest) in &targets {
-        let found = read_version(attempt, g.ssh, name, c, digest)?;
-        attempt.note(format!("{} reports {name} {found}", c.path));
-        if found != *version {
-            return Err(Failure::mismatch(
-                format!(
-                    "after the hot upgrade: {} reports another {name} version than the bundle",
-                    c.path
-                ),
-                version.to_string(),
-                found,
-            ));
-        }
-        if let Some(unit) = &c.unit {
-            let o = attempt.exec_root(
-                g.ssh,
-                &format!(
-                    "sha256sum /proc/$(systemctl show -p MainPID --value {})/exe",
-                    shell_quote(unit)
-                ),
-            )?;
-            let running = o.stdout.split_whitespace().next().unwrap_or("").to_string();
-            if running != *digest {
-                return Err(Failure::mismatch(
-                    format!(
-                        "after the hot upgrade: {unit} does not run the bundle's {}",
-                        c.path
-                    ),
-                    digest.to_string(),
-                    if running.is_empty() {
-                        o.describe_end()
-                    } else {
-                        running
-                    },
-                ));
-            }
-        }
-    }
+    r?;
+    check_components(attempt, g.ssh, &targets)?;
 
     let p = pod
         .kubectl
@@ -435,4 +293,178 @@ pub fn hot_upgrade(
         ));
     }
     Ok(())
+}
+
+/// Uploads the bundle's payloads to the guest behind `ssh` and runs its script there as
+/// root, after checking the payloads against the signed manifest again in the guest.
+pub(super) fn apply_bundle(
+    attempt: &mut Attempt,
+    ssh: &mut crate::ssh::SshSession,
+    profile: &crate::profile::Profile,
+    bundle: &VerifiedImage,
+) -> Result<(), Failure> {
+    let dir = &profile.upgrade.guest_dir;
+    let staging = format!("/tmp/nodegate-upgrade-{}", std::process::id());
+    attempt.exec(ssh, &format!("mkdir -p {staging}"))?;
+    let payloads = || {
+        bundle
+            .artifacts
+            .iter()
+            .filter(|a| a.role == ArtifactRole::Payload)
+    };
+    let file_of = |a: &crate::image::VerifiedArtifact| {
+        a.path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("payload")
+            .to_string()
+    };
+    for a in payloads() {
+        let file = file_of(a);
+        let t = Instant::now();
+        ssh.upload(&a.path, &format!("{staging}/{file}"), 0o755)
+            .map_err(|e| Failure::new(format!("upload {}: {e}", a.path.display())))?;
+        attempt.note(format!(
+            "uploaded {file} ({} bytes) in {:.1}s",
+            a.size,
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    let sums: Vec<String> = payloads()
+        .map(|a| shell_quote(&format!("{}  {}", a.sha256, file_of(a))))
+        .collect();
+    let script = shell_quote(&profile.upgrade.script);
+    let apply = format!(
+        "set -e; rm -rf {dir}; mkdir -p {dir}; cp {staging}/* {dir}/; rm -rf {staging}; cd {dir}; printf '%s\\n' {} | sha256sum -c --quiet; ./{script}",
+        sums.join(" "),
+        dir = shell_quote(dir),
+    );
+    let o = attempt.exec_root(ssh, &apply)?;
+    if !o.success() {
+        return Err(Failure::mismatch(
+            format!("the upgrade script failed: {}", o.stderr.trim()),
+            "exit status 0",
+            o.describe_end(),
+        ));
+    }
+    Ok(())
+}
+
+/// A stretch of NotReady: its start, and its end once Ready again.
+pub(super) type NotReady = (Instant, Option<Instant>);
+
+/// Watches node `node` from `since` until it is Ready reporting `want_kubelet`, within
+/// `budget` (and the check's time); every NotReady stretch seen is added to `not_ready`.
+pub(super) fn wait_upgraded(
+    attempt: &mut Attempt,
+    kubectl: &crate::cluster::Kubectl,
+    node: &str,
+    want_kubelet: &str,
+    (since, budget): (Instant, Duration),
+    not_ready: &mut Vec<NotReady>,
+) -> Result<(), Failure> {
+    let deadline = since + budget;
+    loop {
+        let n = kubectl.get("node", None, node).ok().flatten();
+        let now = Instant::now();
+        let is_ready = n.as_ref().is_some_and(ready);
+        match (is_ready, not_ready.last_mut()) {
+            (false, Some((_, None))) => {}
+            (false, _) => not_ready.push((now, None)),
+            (true, Some((_, end @ None))) => *end = Some(now),
+            (true, _) => {}
+        }
+        let reported = n
+            .as_ref()
+            .and_then(|n| n["status"]["nodeInfo"]["kubeletVersion"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if is_ready && reported == want_kubelet {
+            let window: f64 = not_ready
+                .iter()
+                .map(|(a, b)| b.unwrap_or(now).duration_since(*a).as_secs_f64())
+                .sum();
+            attempt.note(format!(
+                "node {node} Ready with {want_kubelet} {:.1}s after the upgrade started; NotReady window {window:.1}s ({} stretches)",
+                since.elapsed().as_secs_f64(),
+                not_ready.len()
+            ));
+            return Ok(());
+        }
+        if now >= deadline || attempt.remaining() < Duration::from_secs(5) {
+            return Err(Failure::mismatch(
+                format!(
+                    "node {node} not Ready with the bundle's kubelet within {}",
+                    crate::message::duration(budget)
+                ),
+                format!("Ready, kubelet {want_kubelet}"),
+                format!("Ready {is_ready}, kubelet {reported}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every component the bundle lists is at its version, read from the binary the bundle
+/// lists (by digest), and where a unit runs it, that unit runs that binary.
+pub(super) fn check_components(
+    attempt: &mut Attempt,
+    ssh: &mut crate::ssh::SshSession,
+    targets: &[Target<'_>],
+) -> Result<(), Failure> {
+    for (name, c, version, digest) in targets {
+        let found = read_version(attempt, ssh, name, c, digest)?;
+        attempt.note(format!("{} reports {name} {found}", c.path));
+        if found != *version {
+            return Err(Failure::mismatch(
+                format!(
+                    "after the hot upgrade: {} reports another {name} version than the bundle",
+                    c.path
+                ),
+                version.to_string(),
+                found,
+            ));
+        }
+        if let Some(unit) = &c.unit {
+            let o = attempt.exec_root(
+                ssh,
+                &format!(
+                    "sha256sum /proc/$(systemctl show -p MainPID --value {})/exe",
+                    shell_quote(unit)
+                ),
+            )?;
+            let running = o.stdout.split_whitespace().next().unwrap_or("").to_string();
+            if running != *digest {
+                return Err(Failure::mismatch(
+                    format!(
+                        "after the hot upgrade: {unit} does not run the bundle's {}",
+                        c.path
+                    ),
+                    digest.to_string(),
+                    if running.is_empty() {
+                        o.describe_end()
+                    } else {
+                        running
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The guest's boot_id (it changes with every boot).
+pub(super) fn boot_id(
+    attempt: &mut Attempt,
+    ssh: &mut crate::ssh::SshSession,
+) -> Result<String, Failure> {
+    let o = attempt.exec(ssh, "cat /proc/sys/kernel/random/boot_id")?;
+    let id = o.stdout.trim().to_string();
+    if !o.success() || id.len() != 36 {
+        return Err(Failure::new(format!(
+            "cannot read the guest's boot_id: {:?}",
+            o.stdout.trim()
+        )));
+    }
+    Ok(id)
 }

@@ -148,7 +148,7 @@ impl Terminal {
                     Status::NotRun | Status::Ignored => {
                         format!(" ({})", r.reason.clone().unwrap_or_default())
                     }
-                    _ => format!(" ({:.1}s)", r.duration().as_secs_f64()),
+                    _ => format!(" ({:.1}s){}", r.duration().as_secs_f64(), figures(r)),
                 };
                 let at = match (&r.control_plane, self.grid.as_mut()) {
                     (Some(cp), Some((grid, _))) => {
@@ -209,5 +209,26 @@ impl Terminal {
                 ));
             }
         }
+    }
+}
+
+/// A check's run-wide figures (not its per-node ones, whose names carry the node after a
+/// dot), for its line: ` [requests_sent=523 requests_failed=0]`.
+fn figures(r: &crate::runner::CheckRecord) -> String {
+    let shown: Vec<String> = r
+        .attempts
+        .last()
+        .map(|a| {
+            a.figures
+                .iter()
+                .filter(|(k, _)| !k.contains('.'))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if shown.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", shown.join(" "))
     }
 }

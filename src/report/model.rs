@@ -68,6 +68,9 @@ pub struct RunReport {
 pub struct TrafficReport {
     /// The check it ran for.
     pub check: String,
+    /// In a run with several control planes, the one the check ran against.
+    #[serde(default)]
+    pub control_plane: Option<String>,
     /// RFC 3339 UTC, milliseconds.
     pub started: String,
     /// Seconds it ran.
@@ -99,9 +102,14 @@ pub struct RequestFailureReport {
 }
 
 impl TrafficReport {
-    fn new(check: &str, t: &crate::rollout::client::Traffic) -> TrafficReport {
+    fn new(
+        check: &str,
+        control_plane: Option<String>,
+        t: &crate::rollout::client::Traffic,
+    ) -> TrafficReport {
         TrafficReport {
             check: check.into(),
+            control_plane,
             started: humantime::format_rfc3339_millis(t.started).to_string(),
             duration_secs: t.duration.as_secs_f64(),
             sent: t.sent,
@@ -424,7 +432,15 @@ impl Recorder {
                 duration_secs: m.duration.map(|d| d.as_secs_f64()),
                 label: m.label.clone(),
             }),
-            Event::Traffic { id, traffic } => r.traffic.push(TrafficReport::new(id, traffic)),
+            Event::Traffic { id, traffic } => {
+                // In a grid, the control plane whose part of the run is going.
+                let column = r
+                    .grid
+                    .as_ref()
+                    .and(r.control_planes.last())
+                    .map(|c| c.name.clone());
+                r.traffic.push(TrafficReport::new(id, column, traffic))
+            }
             Event::Artifact { name, path } => {
                 r.artifacts.insert(name.clone(), path.clone());
             }

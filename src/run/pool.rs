@@ -149,6 +149,19 @@ impl NodeEnvironment<'_> {
         let (l, c) = self.pool_size();
         let roles = interleave(l, c);
         let name = format!("nodegate-rollout-{}", self.run_id);
+        if cp.provider == crate::cluster::ProviderKind::Kubeconfig {
+            // Someone else's cluster: the workload a check may make there is noted before
+            // it exists, so that a killed run's is deleted by the next nodegate.
+            for kind in ["deployment", "service", "poddisruptionbudget"] {
+                self.rundir.note_remote(crate::rundir::RemoteObject {
+                    kubectl: cp.kubectl.bin.clone(),
+                    kubeconfig: cp.kubectl.kubeconfig.clone(),
+                    kind: kind.into(),
+                    namespace: Some("default".into()),
+                    name: name.clone(),
+                });
+            }
+        }
         if let Some(refused) = images.iter().find(|i| i.blocked().is_some()) {
             // A roll-out with an image it may not run cannot be judged: nothing boots.
             let why = format!(

@@ -396,6 +396,35 @@ fn destructive_checks_run_last_on_a_fresh_vm_per_attempt() {
 }
 
 #[test]
+fn the_pool_checks_run_after_everything_else_in_suite_order_on_one_pool() {
+    let checks = order(vec![
+        check("skew", Need::Pool, false),
+        check("d", Need::Node, true),
+        check("upgrade", Need::Pool, false),
+        check("m", Need::Manifest, false),
+        check("n", Need::Node, false),
+    ]);
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["m", "n", "d", "skew", "upgrade"]);
+    let mut env = Scripted::default();
+    let (code, r) = go(&checks, &mut env, RunOptions::default());
+    assert_eq!(code, exit::PASS);
+    assert!(r.iter().all(|r| r.status == Status::Passed));
+    // The manifest, one shared node, one fresh one, then the pool, prepared for each of
+    // its checks (the environment makes it once).
+    assert_eq!(
+        env.prepared,
+        vec![
+            (Need::Manifest, false),
+            (Need::Node, false),
+            (Need::Node, true),
+            (Need::Pool, false),
+            (Need::Pool, false)
+        ]
+    );
+}
+
+#[test]
 fn a_panicking_check_fails_and_the_run_goes_on() {
     let checks = vec![
         check("p", Need::Guest, false),

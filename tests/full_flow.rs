@@ -73,8 +73,8 @@ impl TokenWatch {
 /// pods reach each other across the nodes, the kubelet port answers between them, a
 /// ClusterIP Service reaches both nodes' pods from each node (kube-proxy), a partitioned
 /// node goes NotReady and comes back, the kubelet recovers from a kill and the bundle
-/// upgrades a node in place, each against both control planes; each destructive check's
-/// VM boots ahead (forced: two cores do not by default) while the checks before it run.
+/// upgrades a node in place, each against both control planes; the destructive checks run
+/// last, each on one of its column's two nodes (no VM boots for them).
 #[test]
 fn the_full_flow_passes_on_two_nodes_of_image_v1_on_local_and_kind() {
     let bed = kind_bed();
@@ -103,9 +103,6 @@ fn the_full_flow_passes_on_two_nodes_of_image_v1_on_local_and_kind() {
         "rollout".into(),
         "--nodes".into(),
         "2".into(),
-        // On two cores `auto` does not boot ahead (slower there); bigger hosts do.
-        "--boot-ahead".into(),
-        "on".into(),
         "--accel".into(),
         "tcg".into(),
         "--junit".into(),
@@ -151,7 +148,7 @@ fn assert_full_flow(dir: &Path, stdout: &str, bed: &KindBed) {
     assert_junit(dir, &json);
     let groups = assert_nodes(&json);
     assert_cluster_checks(&json, &groups);
-    assert_booted_ahead(&json);
+    assert_destructive_on_the_runs_nodes(&json, &groups);
     assert_timeline_and_page(dir, &json);
     assert_eq!(common::leftover_qemus(&json), 0, "no QEMU left behind");
 }
@@ -370,7 +367,7 @@ fn assert_junit(dir: &Path, json: &Value) {
 /// role; a boot and a join phase per node, each naming it. The nodes by prefix.
 fn assert_nodes(json: &Value) -> BTreeMap<String, Vec<String>> {
     let nodes = json["nodes"].as_object().unwrap();
-    assert_eq!(nodes.len(), 8, "{nodes:?}");
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in nodes.keys() {
         let (prefix, _) = name.rsplit_once('-').unwrap();
@@ -389,7 +386,11 @@ fn assert_nodes(json: &Value) -> BTreeMap<String, Vec<String>> {
         assert_eq!(fact(&names[0], "mac"), "52:54:00:6e:67:00");
         assert_eq!(fact(&names[1], "address"), "10.0.2.16");
         let roles: Vec<String> = names.iter().map(|n| fact(n, "role")).collect();
-        assert_eq!(roles, ["shared", "peer", "fresh", "fresh"], "{names:?}");
+        assert_eq!(roles, ["shared", "peer"], "{names:?}");
+        // Once the node-level checks were done, each was a destructive check's own.
+        for n in names.iter() {
+            assert_eq!(fact(n, "reused"), "true", "{n}");
+        }
         assert_ne!(fact(&names[0], "pod_cidr"), fact(&names[1], "pod_cidr"));
         for n in names.iter() {
             for k in ["boot.ssh_secs", "boot.ready_secs", "join.ready_secs"] {
@@ -487,46 +488,40 @@ fn assert_cluster_checks(json: &Value, groups: &BTreeMap<String, Vec<String>>) {
     );
 }
 
-/// The destructive checks' VMs booted ahead: each boot started before the check run
-/// ahead of its own had started (booted when its check came, it would start after).
-fn assert_booted_ahead(json: &Value) {
-    let ran: Vec<&Value> = json["checks"]
+/// The destructive checks ran last, each on a node of its column that no other check
+/// needed any more: no VM booted for them, and none ran on a node another had changed.
+fn assert_destructive_on_the_runs_nodes(json: &Value, groups: &BTreeMap<String, Vec<String>>) {
+    let destructive: Vec<&Value> = json["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["started"].is_string() && c["node"].is_string())
+        .filter(|c| c["destructive"] == true && c["status"] == "passed")
         .collect();
-    let boot_started = |node: &str| -> String {
-        json["phases"]
-            .as_array()
-            .unwrap()
+    assert_eq!(destructive.len(), 4, "two per control plane");
+    for cp in COLUMNS {
+        let mut on: Vec<&str> = destructive
             .iter()
-            .find(|p| p["name"] == "boot" && p["node"] == node)
-            .and_then(|p| p["started"].as_str())
-            .unwrap_or_else(|| panic!("no boot of {node}"))
-            .to_string()
-    };
-    let mut destructive = 0;
-    for (i, c) in ran
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c["destructive"] == true)
-    {
-        destructive += 1;
-        let node = c["node"].as_str().unwrap();
-        assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
-        assert_eq!(json["nodes"][node]["boot.ahead"], "true", "{node}");
-        // RFC 3339 UTC strings of one format order as times do.
-        let before = ran[i - 1]["started"].as_str().unwrap();
-        assert!(
-            boot_started(node).as_str() <= before,
-            "{node} booted at {}, after {} started at {before}",
-            boot_started(node),
-            ran[i - 1]["id"]
-        );
+            .filter(|c| c["control_plane"] == cp)
+            .map(|c| c["node"].as_str().unwrap())
+            .collect();
+        on.sort();
+        let group = groups
+            .values()
+            .find(|g| g.iter().any(|n| n == on[0]))
+            .unwrap_or_else(|| panic!("{cp}: {on:?} in no group: {groups:?}"));
+        let mut nodes: Vec<&str> = group.iter().map(String::as_str).collect();
+        nodes.sort();
+        assert_eq!(on, nodes, "{cp}: one destructive check on each node");
     }
-    assert_eq!(destructive, 4, "two per control plane");
+    let boots = json["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "boot")
+        .count();
+    assert_eq!(boots, 4, "two boots per control plane, none for the destructive checks");
 }
+
 
 /// The timeline: what the checks saw happen, on the node it happened to; the page, as
 /// Chromium renders it: the verdict, and a row per node with its boot, join, Ready and

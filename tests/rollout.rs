@@ -376,10 +376,10 @@ fn a_candidate_whose_kubelet_crash_loops_fails_the_mixed_pool_by_name_while_the_
 fn a_careless_bundle_loses_requests_and_a_budget_that_allows_nothing_blocks_the_replacement() {
     let _vm = VM.lock().unwrap_or_else(|e| e.into_inner());
     let o = Out::new();
-    // A drain budget of 60 s, and a PodDisruptionBudget that allows no disruption.
+    // A drain budget of 30 s, and a PodDisruptionBudget that allows no disruption.
     let profile = o.profile(|p| {
         let (budget, pdb) = (
-            ("drain_budget = \"300s\"", "drain_budget = \"60s\""),
+            ("drain_budget = \"300s\"", "drain_budget = \"30s\""),
             (
                 "max_unavailable = 1            # the PodDisruptionBudget",
                 "max_unavailable = 0            # the PodDisruptionBudget",
@@ -425,13 +425,13 @@ fn a_careless_bundle_loses_requests_and_a_budget_that_allows_nothing_blocks_the_
         Some(lost)
     );
     assert_eq!(marks(&json, l, "upgrade"), 1);
-    // The replacement: the drain is blocked by the budget, named, past 60 s.
+    // The replacement: the drain is blocked by the budget, named, past 30 s.
     let rep = check_in(&json, "id", "rollout::replacement");
     assert_eq!(rep["status"], "failed", "{rep}");
     let message = rep["message"].as_str().unwrap();
     eprintln!("rollout::replacement: {message}");
     for part in [
-        format!("the drain of {l} (legacy) was blocked past its budget of 1m"),
+        format!("the drain of {l} (legacy) was blocked past its budget of 30s"),
         "PodDisruptionBudget default/nodegate-rollout-".to_string(),
         "maxUnavailable 0, disruptions allowed now: 0".to_string(),
     ] {

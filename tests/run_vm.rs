@@ -144,6 +144,12 @@ name = "wrong"
 description = "Prints the wrong thing every time."
 run = "echo ${manifest.components.kubelet}"
 expect = { stdout = "v0.0.0" }
+
+[[check]]
+name = "own_node"
+description = "Destructive: checks failed on the run's node, so this one gets a VM of its own, booted ahead."
+destructive = true
+run = "true"
 "#,
     )
     .unwrap();
@@ -163,11 +169,25 @@ expect = { stdout = "v0.0.0" }
         "1".into(),
         "--network".into(),
         "user".into(),
+        // Two cores do not boot ahead by default (slower there).
+        "--boot-ahead".into(),
+        "on".into(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = common::run(&args, o.dir.path());
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert_eq!(o.json()["properties"]["network"], "user");
+    // A destructive check takes the run's node once no other check needs it, unless a
+    // check failed there: then its own VM, booted ahead from the first failure on.
+    let json = o.json();
+    let own = check_in(&json, "id", "behaviour::own_node");
+    assert_eq!(own["status"], "passed", "{own}");
+    let node = own["node"].as_str().unwrap();
+    assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
+    assert_eq!(json["nodes"][node]["boot.ahead"], "true", "{}", json["nodes"]);
+    let shared = check_in(&json, "id", "behaviour::flaky")["node"].clone();
+    assert_ne!(shared.as_str(), Some(node));
+    assert!(json["nodes"][shared.as_str().unwrap()]["reused"].is_null());
     assert_agent_provisioned(&o.json(), "write-restart", "restart nodegate-agent.service");
     assert!(
         r.stdout
@@ -432,9 +452,11 @@ fn ctrl_c_during_a_long_guest_command_ends_the_run_within_10_s() {
     assert_eq!(json["stop"]["kind"], "interrupted");
     let hang = check_in(&json, "id", "hang::sleeps");
     assert_eq!(hang["status"], "not-run", "{hang}");
-    // The destructive check's VM was booting ahead: killed with the run, and its boot
-    // phase says so.
-    assert_eq!(check_in(&json, "id", "hang::after")["status"], "not-run");
+    // The second destructive check's VM was booting ahead (the first would have taken the
+    // run's node): killed with the run, and its boot phase says so.
+    for id in ["hang::after", "hang::after_too"] {
+        assert_eq!(check_in(&json, "id", id)["status"], "not-run", "{id}");
+    }
     let boots: Vec<&serde_json::Value> = json["phases"]
         .as_array()
         .unwrap()

@@ -55,7 +55,8 @@ impl NodeEnvironment<'_> {
     /// memory for one more VM; else the check boots its VM when it starts and the report
     /// says why under `boot_ahead`.
     pub(super) fn boot_ahead(&mut self, emit: &mut dyn FnMut(Event)) {
-        if self.ahead.is_some() || self.fresh_planned == 0 {
+        // The run's own nodes serve the first destructive checks: none boots for them.
+        if self.ahead.is_some() || self.fresh_planned <= self.spares() {
             return;
         }
         let vcpus = self.config.profile.vm.vcpus.max(1) as usize;

@@ -49,6 +49,10 @@ pub struct NodeEnvironment<'c> {
     /// The run's other nodes (`--nodes`), booted and joined with the shared one.
     pub(super) peers: Vec<Machine>,
     pub(super) shared_failed: Option<Stop>,
+    /// A check failed on the shared node or its peers: they are not handed on to the
+    /// destructive checks (their state could be that failure's cause), which boot VMs of
+    /// their own.
+    pub(super) nodes_tainted: bool,
     pub(super) fresh: Option<Machine>,
     /// The next destructive check's VM, booting while other checks run.
     pub(super) ahead: Option<BootAhead>,
@@ -175,6 +179,7 @@ impl<'c> NodeEnvironment<'c> {
             shared: None,
             peers: Vec::new(),
             shared_failed: None,
+            nodes_tainted: false,
             fresh: None,
             ahead: None,
             fresh_planned: 0,
@@ -336,6 +341,25 @@ impl<'c> NodeEnvironment<'c> {
         }
     }
 
+    /// A node of the run (the shared one, then its peers) that a destructive check may
+    /// take as its own: none once a check failed on them.
+    fn spare(&mut self) -> Option<Machine> {
+        if self.nodes_tainted {
+            return None;
+        }
+        self.shared.take().or_else(|| self.peers.pop())
+    }
+
+    /// How many nodes of the run destructive checks may still take (see
+    /// [`NodeEnvironment::spare`]).
+    pub(super) fn spares(&self) -> usize {
+        if self.nodes_tainted {
+            0
+        } else {
+            usize::from(self.shared.is_some()) + self.peers.len()
+        }
+    }
+
     /// The verifications, back from a finished environment: the image's, the bundle's and
     /// the legacy image.
     pub fn into_verifications(
@@ -481,6 +505,19 @@ impl Environment for NodeEnvironment<'_> {
         if need == Need::Manifest {
             return Ok(());
         }
+        if let Some(mut m) = self.spare() {
+            // Destructive checks run last: no other check needs this node any more, so
+            // it is this check's own from now on, without a boot.
+            node_fact(emit, &m.name, "reused", "true".into());
+            self.fresh_planned = self.fresh_planned.saturating_sub(1);
+            if need == Need::Node && m.joined.is_none() {
+                let r = self.join(&mut m, emit);
+                self.fresh = Some(m);
+                return r;
+            }
+            self.fresh = Some(m);
+            return Ok(());
+        }
         self.release_shared(emit);
         let m = match self.take_ahead(emit) {
             Some(booted) => {
@@ -588,6 +625,11 @@ impl Environment for NodeEnvironment<'_> {
         if check.need == Need::Pool {
             self.pool_logs(emit);
             return;
+        }
+        if !check.destructive && !self.nodes_tainted {
+            // The run's nodes are no destructive check's any more: boot one ahead now.
+            self.nodes_tainted = true;
+            self.boot_ahead(emit);
         }
         let m = if check.destructive {
             self.fresh.as_mut()

@@ -519,9 +519,11 @@ fn assert_destructive_on_the_runs_nodes(json: &Value, groups: &BTreeMap<String, 
         .iter()
         .filter(|p| p["name"] == "boot")
         .count();
-    assert_eq!(boots, 4, "two boots per control plane, none for the destructive checks");
+    assert_eq!(
+        boots, 4,
+        "two boots per control plane, none for the destructive checks"
+    );
 }
-
 
 /// The timeline: what the checks saw happen, on the node it happened to; the page, as
 /// Chromium renders it: the verdict, and a row per node with its boot, join, Ready and

@@ -320,7 +320,7 @@ fn a_candidate_whose_kubelet_crash_loops_fails_the_mixed_pool_by_name_while_the_
     let o = Out::new();
     // A healthy node joins in 30-55 s under TCG: this one never will.
     let profile = o.profile(|p| {
-        let short = p.replace("join = \"600s\"", "join = \"120s\"");
+        let short = p.replace("join = \"600s\"", "join = \"90s\"");
         assert_ne!(short, p, "the profile's join budget moved");
         short
     });
@@ -396,14 +396,16 @@ fn a_careless_bundle_loses_requests_and_a_budget_that_allows_nothing_blocks_the_
         (&m.0, &m.1),
         &profile,
         &v2("neg/bundle-restarts-workloads/bundle.manifest.json"),
-        &["--skip", "faster_provisioning"],
+        // The pass test shows those two; this run is about the changes.
+        &["--skip", "faster_provisioning", "--skip", "mixed_pool"],
     );
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let json = o.json();
     let l = &nodes_of(&json, "legacy")[0];
-    for id in ["rollout::version_skew", "rollout::mixed_pool"] {
-        assert_eq!(check_in(&json, "id", id)["status"], "passed", "{id}");
-    }
+    assert_eq!(
+        check_in(&json, "id", "rollout::version_skew")["status"],
+        "passed"
+    );
     // The upgrade itself went through (no reboot, the bundle's versions), but the
     // workload lost requests, counted.
     let up = check_in(&json, "id", "rollout::pool_upgrade");

@@ -184,7 +184,11 @@ run = "true"
     assert_eq!(own["status"], "passed", "{own}");
     let node = own["node"].as_str().unwrap();
     assert_eq!(json["nodes"][node]["role"], "fresh", "{}", json["nodes"]);
-    assert_eq!(json["nodes"][node]["boot.ahead"], "true", "{}", json["nodes"]);
+    assert_eq!(
+        json["nodes"][node]["boot.ahead"], "true",
+        "{}",
+        json["nodes"]
+    );
     let shared = check_in(&json, "id", "behaviour::flaky")["node"].clone();
     assert_ne!(shared.as_str(), Some(node));
     assert!(json["nodes"][shared.as_str().unwrap()]["reused"].is_null());
@@ -834,7 +838,7 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
     // The fixture profile with a shorter join budget (a healthy node joins in 30-55 s
     // under TCG): this node never will, and the test need not wait 600 s to show it.
     let profile = std::fs::read_to_string(common::repo("profiles/debian-fixture.toml")).unwrap();
-    let short = profile.replace("join = \"600s\"", "join = \"120s\"");
+    let short = profile.replace("join = \"600s\"", "join = \"90s\"");
     assert_ne!(short, profile, "the profile's join budget moved");
     std::fs::write(o.path("profile.toml"), short).unwrap();
     // kind and docker on PATH (stand-ins that answer nothing a kind would): `auto` probes
@@ -906,7 +910,7 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
         common::run_error(&o.path("junit.xml")).as_deref(),
         Some("node")
     );
-    // A budget is a budget: the join of 120 s ends within it and a small grace (log
+    // A budget is a budget: the join of 90 s ends within it and a small grace (log
     // collection included), not three times over.
     let join = json["phases"]
         .as_array()
@@ -916,7 +920,7 @@ fn a_crash_looping_kubelet_fails_kubelet_node_ready_by_name() {
         .unwrap()["duration_secs"]
         .as_f64()
         .unwrap();
-    assert!(join < 180.0, "a 120 s join budget took {join:.0}s");
+    assert!(join < 150.0, "a 90 s join budget took {join:.0}s");
     let ready = check_in(&json, "id", "kubelet::node_ready");
     assert_eq!(ready["status"], "failed", "{ready}");
     let message = ready["message"].as_str().unwrap();

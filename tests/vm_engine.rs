@@ -245,7 +245,8 @@ fn legacy_bios_boot_of_the_same_full_disk_reaches_ready() {
 }
 
 #[test]
-fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_down() {
+fn boot_keep_joins_a_local_control_plane_prints_working_commands_isolates_the_guest_and_ctrl_c_tears_it_all_down(
+) {
     use std::io::{BufRead, BufReader};
     let layout = testbed().join("direct");
     let _vm = one_vm();
@@ -255,8 +256,9 @@ fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_do
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
+    let apiservers = common::apiserver_count();
     let mut args = boot_args(&layout, run.path());
-    args.push("--keep".into());
+    args.extend(["--keep".into(), "--control-plane".into(), "local".into()]);
     let mut child = common::nodegate()
         .args(&args)
         .stdout(Stdio::piped())
@@ -264,15 +266,23 @@ fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_do
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ssh_line = None;
+    let (mut ssh_line, mut joined) = (None, None);
     for line in stdout.lines() {
         let line = line.unwrap();
         if line.starts_with("ssh -i ") {
             ssh_line = Some(line);
+        } else if line.starts_with("joined: ") {
+            joined = Some(line);
+        } else if line.starts_with("kubectl --kubeconfig ") {
             break;
         }
     }
     let ssh_line = ssh_line.expect("boot --keep printed an ssh command");
+    let joined = joined.expect("boot --control-plane printed the join");
+    assert!(
+        joined.contains("node root registered") && joined.contains("(local control plane)"),
+        "{joined}"
+    );
     // The printed command works as printed (OpenSSH client, pinned host key), and the
     // guest cannot open a connection to the host's unforwarded port.
     let probe = format!("curl -s -m 5 http://10.0.2.2:{port}/; echo curl-exit=$?");
@@ -303,6 +313,11 @@ fn boot_keep_prints_a_working_ssh_command_isolates_the_guest_and_ctrl_c_tears_do
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     wait_for_no_qemu(&needle);
+    assert_eq!(
+        common::apiserver_count(),
+        apiservers,
+        "a kube-apiserver outlived nodegate boot"
+    );
 }
 
 #[test]
@@ -337,7 +352,7 @@ fn an_image_without_sshd_times_out_in_the_ssh_phase() {
     // The same image with sshd masked at boot: nothing listens on port 22.
     let i = args.iter().position(|a| a == "--cmdline").unwrap() + 1;
     args[i].push_str(" systemd.mask=ssh.service");
-    args.extend(["--ssh-timeout".into(), "150s".into()]);
+    args.extend(["--ssh-timeout".into(), "60s".into()]);
     let r = run_boot(&args);
     assert_eq!(r.code, ENVIRONMENT, "{}", r.stderr);
     assert!(

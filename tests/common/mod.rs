@@ -263,6 +263,19 @@ pub fn direct_boot(layout: &Path) -> nodegate::vm::Boot {
     }
 }
 
+/// How many kube-apiserver processes run on the host.
+pub fn apiserver_count() -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("kube-apiserver"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
 /// Pids of QEMU processes whose command line mentions `needle`.
 #[allow(dead_code)]
 pub fn qemu_pids_with(needle: &str) -> Vec<u32> {

@@ -587,9 +587,9 @@ fn assert_timeline_and_page(dir: &Path, json: &Value) {
         }
         ran_on += usize::from(ran_here);
     }
-    assert!(
-        ran_on >= 6,
-        "checks on each shared node and each destructive one: {rows:?}"
+    assert_eq!(
+        ran_on, 4,
+        "checks on every node: the shared ones', and each one's destructive check: {rows:?}"
     );
     for m in marks {
         let (node, kind) = (m["node"].as_str().unwrap(), m["kind"].as_str().unwrap());

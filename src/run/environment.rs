@@ -626,7 +626,7 @@ impl Environment for NodeEnvironment<'_> {
             self.pool_logs(emit);
             return;
         }
-        if !check.destructive && !self.nodes_tainted {
+        if !check.destructive && check.need != Need::Manifest && !self.nodes_tainted {
             // The run's nodes are no destructive check's any more: boot one ahead now.
             self.nodes_tainted = true;
             self.boot_ahead(emit);

@@ -477,7 +477,10 @@ fn run_column(
         .iter()
         .filter(|c| c.destructive && c.need != Need::Manifest)
         .filter(runs)
-        .filter(|c| runner::Environment::unavailable(&mut env, c).is_none())
+        .filter(|c| {
+            runner::Environment::unavailable(&mut env, c).is_none()
+                && c.decided(&env.verification, env.bundle.as_ref()).is_none()
+        })
         .count();
     let r = runner::run(checks, selection, options, &mut env, emit);
     env.finish(emit);

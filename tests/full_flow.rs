@@ -513,11 +513,9 @@ fn assert_destructive_on_the_runs_nodes(json: &Value, groups: &BTreeMap<String, 
         nodes.sort();
         assert_eq!(on, nodes, "{cp}: one destructive check on each node");
     }
-    let boots = json["phases"]
-        .as_array()
-        .unwrap()
+    let boots = common::phase_names(json)
         .iter()
-        .filter(|p| p["name"] == "boot")
+        .filter(|p| *p == "boot")
         .count();
     assert_eq!(
         boots, 4,

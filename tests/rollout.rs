@@ -492,11 +492,9 @@ fn a_candidate_whose_kubelet_is_newer_than_the_api_server_is_refused_before_anyt
             "{c}"
         );
     }
-    let booted = json["phases"]
-        .as_array()
-        .unwrap()
+    let booted = common::phase_names(&json)
         .iter()
-        .filter(|p| p["name"] == "boot")
+        .filter(|p| *p == "boot")
         .count();
     assert_eq!(booted, 0, "nothing boots");
 }

@@ -344,7 +344,7 @@ impl<'c> NodeEnvironment<'c> {
     /// A node of the run (the shared one, then its peers) that a destructive check may
     /// take as its own: none once a check failed on them.
     fn spare(&mut self) -> Option<Machine> {
-        if self.nodes_tainted {
+        if self.spares() == 0 {
             return None;
         }
         self.shared.take().or_else(|| self.peers.pop())
@@ -510,13 +510,13 @@ impl Environment for NodeEnvironment<'_> {
             // it is this check's own from now on, without a boot.
             node_fact(emit, &m.name, "reused", "true".into());
             self.fresh_planned = self.fresh_planned.saturating_sub(1);
-            if need == Need::Node && m.joined.is_none() {
-                let r = self.join(&mut m, emit);
-                self.fresh = Some(m);
-                return r;
-            }
+            let joined = if need == Need::Node && m.joined.is_none() {
+                self.join(&mut m, emit)
+            } else {
+                Ok(())
+            };
             self.fresh = Some(m);
-            return Ok(());
+            return joined;
         }
         self.release_shared(emit);
         let m = match self.take_ahead(emit) {
